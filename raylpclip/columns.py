@@ -1,0 +1,12 @@
+"""Batch column names: the one place that names them.
+
+Ray Data pipelines produce these columns, the train loop and the models consume them.
+"""
+
+IMAGE = "image"  # uint8 (B, 3, H, W); normalised to float on the worker, next to the model
+INPUT_IDS = "input_ids"  # int64 (B, L)
+ATTENTION_MASK = "attention_mask"  # int64 (B, L), 1 for real tokens
+LABEL = "label"  # int64 (B,), -1 when the sample carries no class label
+KEY = "key"  # str, the img2dataset sample key
+
+TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)

@@ -1,0 +1,1 @@
+"""raylpclip.data."""
