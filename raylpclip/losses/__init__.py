@@ -1,1 +1,6 @@
-"""raylpclip.losses."""
+"""raylpclip.losses: named-loss functions (each returns a dict of `*_loss` tensors)."""
+
+from raylpclip.losses.contrastive import clip_loss
+from raylpclip.losses.psd import psd_alpha, psd_loss
+
+__all__ = ["clip_loss", "psd_alpha", "psd_loss"]

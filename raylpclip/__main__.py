@@ -1,0 +1,5 @@
+import sys
+
+from raylpclip.cli import main
+
+sys.exit(main())

@@ -1,0 +1,83 @@
+"""`raylpclip <command> [config.yaml] [key=value ...]`.
+
+Every command resolves its config (defaults <- YAML <- overrides) before doing any work, writes
+`summary.json` into its output directory and prints that path as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from raylpclip.config import ConfigError, PretrainConfig, load_config
+
+USAGE = "raylpclip COMMAND [CONFIG.yaml] [key=value ...]"
+
+
+def _split(args: list[str]) -> tuple[str | None, list[str]]:
+    """The optional YAML path (first argument without '='), then the dotlist overrides."""
+    if args and "=" not in args[0]:
+        return args[0], args[1:]
+    return None, args
+
+
+def cmd_demo(args: list[str]) -> Path:
+    from raylpclip.demo import DemoConfig, run_demo
+
+    path, overrides = _split(args)
+    cfg = load_config(DemoConfig, path, overrides)
+    summary = run_demo(cfg)
+    _print_result(summary)
+    return Path(summary["run_dir"]) / "summary.json"
+
+
+def cmd_pretrain(args: list[str]) -> Path:
+    from raylpclip.runtime.pretrain import run_pretrain
+
+    path, overrides = _split(args)
+    cfg = load_config(PretrainConfig, path, overrides)
+    if not cfg.data.train:
+        raise ConfigError("config key 'data.train': required (a shard directory, glob, brace range or s3:// URL)")
+    summary = run_pretrain(cfg)
+    _print_result(summary)
+    return Path(summary["run_dir"]) / "summary.json"
+
+
+def _print_result(summary: dict) -> None:
+    if summary.get("acc1") is not None:
+        chance = summary.get("chance_acc1") or 0
+        print(f"[raylpclip] zero-shot acc1 {summary['acc1']:.3f} (chance {chance:.3f}), "
+              f"acc5 {summary.get('acc5', 0):.3f}, mean_per_class_recall {summary.get('mean_per_class_recall', 0):.3f}")
+    print(f"[raylpclip] {summary.get('samples_per_s') or 0:.0f} samples/s, {summary['wall_s']:.0f}s wall")
+    print(f"[raylpclip] run directory: {summary['run_dir']}")
+    print(f"[raylpclip] exported model: {summary.get('model_dir')}  (CLIPModel.from_pretrained loads it)")
+
+
+COMMANDS: dict[str, Callable[[list[str]], Path]] = {
+    "demo": cmd_demo,
+    "pretrain": cmd_pretrain,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="raylpclip", usage=USAGE, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=sorted(COMMANDS))
+    parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.yaml] [key=value ...]")
+    ns = parser.parse_args(argv)
+    try:
+        summary_path = COMMANDS[ns.command](ns.args)
+    except ConfigError as exc:
+        print(f"raylpclip {ns.command}: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"raylpclip {ns.command}: error: {exc}", file=sys.stderr)
+        return 1
+    print(summary_path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

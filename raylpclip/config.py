@@ -1,0 +1,258 @@
+"""Typed run configs: dataclass defaults <- YAML file <- `key=value` overrides, via OmegaConf.
+
+One override path serves the command line, recipes and (later) Tune search spaces: every caller goes
+through `load_config`. The driver resolves a config once, validates it before Ray starts, saves it into
+the run directory and ships `to_dict(cfg)` to workers, which rebuild it with `from_dict`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Type, TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shards: dir, glob, brace range or s3:// URL
+    eval: str = ""  # labelled eval shards (label in the .json metadata)
+    format: str = "webdataset"  # webdataset | parquet (img2dataset output formats)
+    image_size: int = 64
+    context_length: int = 32
+    aug_scale_min: float = 0.9  # random-resized-crop lower scale bound; 1.0 disables cropping
+    shuffle_seed: int = 0
+    shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer; 0 disables
+    decode_batch_size: int = 256  # rows per Ray Data map_batches call
+    decode_concurrency: int = 2  # max decode actors (each holds a tokenizer)
+    decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
+    eval_max_samples: int = 2000
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # tiny | vit-b-32
+    pretrained: str = ""  # local HF CLIP directory; overrides preset when set
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.image_size": 32}
+    tokenizer: str = ""  # local tokenizer directory; empty: train a BPE on the training captions
+    vocab_size: int = 1024  # for the trained BPE tokenizer
+    tokenizer_samples: int = 20000  # captions read to train it
+
+
+@dataclass
+class PSDConfig:
+    a_max: float = 0.5  # 0 reproduces the CLIP loss exactly
+    ramp: str = "linear"  # linear | cosine | constant
+    subset_fraction: float = 0.5  # rows of each worker's batch that get soft targets
+    teacher: str = "self"  # self: stop-grad of the current logits | ema: an EMA copy of the model
+    ema_decay: float = 0.999
+    teacher_temperature: Optional[float] = None  # None: the model's own logit scale
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 128  # global batch (all workers, all accumulation micro-steps)
+    checkpoint_every: int = 200
+    eval_every: int = 0  # 0: evaluate at the end only
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and GPU)
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1  # torch intra-op threads in each worker
+    max_failures: int = 0
+
+
+@dataclass
+class EvalConfig:
+    classnames: list[str] = field(default_factory=list)  # empty: taken from the eval shards' label_name
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    batch_size: int = 256
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: start a local instance (or join RAY_ADDRESS when set)
+    num_cpus: int = 8  # logical CPUs of a local instance: more than cores so Ray Data keeps a budget
+    storage_path: str = ""  # empty: <output_dir>; a shared path or s3:// URL on clusters
+    dashboard: bool = False  # start the dashboard with a local instance (binds to 127.0.0.1)
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "pretrain"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    psd: PSDConfig = field(default_factory=PSDConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def load_config(cls: Type[T], path: str | None = None, overrides: Sequence[str] = ()) -> T:
+    """Merge defaults <- YAML <- dotlist overrides into a validated `cls` instance.
+
+    Unknown keys and wrong types raise ConfigError naming the key (OmegaConf's structured mode).
+    """
+    try:
+        merged = OmegaConf.structured(cls)
+        if path:
+            if not Path(path).is_file():
+                raise ConfigError(f"config file not found: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        cfg = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(_describe(exc)) from None
+    validate(cfg)
+    return cfg
+
+
+def _describe(exc: OmegaConfBaseException) -> str:
+    key = getattr(exc, "full_key", None)
+    reason = str(exc).splitlines()[0]
+    return f"config key '{key}': {reason}" if key else f"config: {reason}"
+
+
+def to_dict(cfg: Any) -> dict:
+    """A plain dict (what travels to Ray workers and what is saved beside a run)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), resolve=True)
+
+
+def from_dict(cls: Type[T], data: dict) -> T:
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(cls), data))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.structured(cfg), str(path))
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _choice(value: str, key: str, allowed: Sequence[str]) -> None:
+    _require(value in allowed, key, f"got {value!r}, expected one of {list(allowed)}")
+
+
+def validate(cfg: Any) -> None:
+    """Reject impossible values before any work starts. Dispatches on the config's sections."""
+    for f in dataclasses.fields(cfg):
+        check = _SECTION_CHECKS.get(type(getattr(cfg, f.name)))
+        if check:
+            check(getattr(cfg, f.name), f.name)
+    if isinstance(cfg, PretrainConfig):
+        _check_batch_split(cfg.train, cfg.optim)
+        _require(bool(cfg.name) and "/" not in cfg.name and cfg.name not in (".", ".."),
+                 "name", f"got {cfg.name!r}, expected a plain directory name")
+
+
+def _check_data(d: DataConfig, key: str) -> None:
+    _choice(d.format, f"{key}.format", ("webdataset", "parquet"))
+    _require(d.image_size >= 8, f"{key}.image_size", f"got {d.image_size}, expected >= 8")
+    _require(d.context_length >= 4, f"{key}.context_length", f"got {d.context_length}, expected >= 4")
+    _require(0.0 < d.aug_scale_min <= 1.0, f"{key}.aug_scale_min", f"got {d.aug_scale_min}, expected in (0, 1]")
+    _require(d.decode_batch_size > 0, f"{key}.decode_batch_size", "expected > 0")
+    _require(d.decode_concurrency > 0, f"{key}.decode_concurrency", "expected > 0")
+    _require(d.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "expected >= 0")
+
+
+def _check_model(m: ModelConfig, key: str) -> None:
+    _require(m.vocab_size >= 300, f"{key}.vocab_size", f"got {m.vocab_size}, expected >= 300 (byte alphabet + merges)")
+
+
+def _check_psd(p: PSDConfig, key: str) -> None:
+    _require(0.0 <= p.a_max <= 1.0, f"{key}.a_max", f"got {p.a_max}, expected in [0, 1]")
+    _choice(p.ramp, f"{key}.ramp", ("linear", "cosine", "constant"))
+    _require(0.0 <= p.subset_fraction <= 1.0, f"{key}.subset_fraction", f"got {p.subset_fraction}, expected in [0, 1]")
+    _choice(p.teacher, f"{key}.teacher", ("self", "ema"))
+    _require(0.0 < p.ema_decay < 1.0, f"{key}.ema_decay", f"got {p.ema_decay}, expected in (0, 1)")
+    t = p.teacher_temperature
+    _require(t is None or t > 0, f"{key}.teacher_temperature", f"got {t}, expected > 0 or null")
+
+
+def _check_optim(o: OptimConfig, key: str) -> None:
+    _require(o.lr > 0, f"{key}.lr", f"got {o.lr}, expected > 0")
+    _require(o.weight_decay >= 0, f"{key}.weight_decay", "expected >= 0")
+    _require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"{key}.beta1/beta2", "expected in [0, 1)")
+    _require(o.warmup_steps >= 0, f"{key}.warmup_steps", "expected >= 0")
+    _choice(o.schedule, f"{key}.schedule", ("cosine", "constant"))
+    _require(0 <= o.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "expected in [0, 1]")
+    _require(o.grad_clip >= 0, f"{key}.grad_clip", "expected >= 0 (0 disables)")
+    _require(o.accum_steps >= 1, f"{key}.accum_steps", f"got {o.accum_steps}, expected >= 1")
+
+
+def _check_train(t: TrainConfig, key: str) -> None:
+    _require(t.steps > 0, f"{key}.steps", f"got {t.steps}, expected > 0")
+    _require(t.num_workers >= 1, f"{key}.num_workers", f"got {t.num_workers}, expected >= 1")
+    _require(t.checkpoint_every >= 0, f"{key}.checkpoint_every", "expected >= 0 (0: only at the end)")
+    _require(t.eval_every >= 0, f"{key}.eval_every", "expected >= 0")
+    _require(t.log_every > 0, f"{key}.log_every", "expected > 0")
+    _require(t.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "expected >= 1")
+    _choice(t.precision, f"{key}.precision", ("fp32", "bf16"))
+    _require(t.cpus_per_worker > 0, f"{key}.cpus_per_worker", "expected > 0")
+    _require(t.threads_per_worker >= 1, f"{key}.threads_per_worker", "expected >= 1")
+    _require(t.max_failures >= -1, f"{key}.max_failures", "expected >= -1 (-1: unlimited)")
+
+
+def _check_batch_split(t: TrainConfig, o: OptimConfig) -> None:
+    parts = t.num_workers * o.accum_steps
+    _require(t.batch_size % parts == 0, "train.batch_size",
+             f"{t.batch_size} is not divisible by train.num_workers * optim.accum_steps = {parts}")
+    _require(t.batch_size // parts >= 2, "train.batch_size",
+             f"{t.batch_size} leaves fewer than 2 samples per worker micro-batch; contrastive losses need >= 2")
+
+
+def _check_eval(e: EvalConfig, key: str) -> None:
+    _require(len(e.templates) > 0, f"{key}.templates", "expected at least one template")
+    bad = [t for t in e.templates if "{}" not in t]
+    _require(not bad, f"{key}.templates", f"every template needs a '{{}}' for the class name; got {bad}")
+
+
+def _check_ray(r: RayConfig, key: str) -> None:
+    _require(r.num_cpus >= 1, f"{key}.num_cpus", "expected >= 1")
+
+
+_SECTION_CHECKS = {
+    DataConfig: _check_data,
+    ModelConfig: _check_model,
+    PSDConfig: _check_psd,
+    OptimConfig: _check_optim,
+    TrainConfig: _check_train,
+    EvalConfig: _check_eval,
+    RayConfig: _check_ray,
+}

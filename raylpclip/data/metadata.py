@@ -1,0 +1,80 @@
+"""Read captions and labels straight from shard files, without Ray: for tokenizer training and for
+finding the class names of a labelled eval set before any worker starts."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from typing import Iterator, Sequence
+
+import fsspec
+import pyarrow.parquet as pq
+
+from raylpclip.data.decode import IMAGE_KEYS, TEXT_KEYS
+
+
+def _tar_members(path: str) -> Iterator[tuple[str, str, bytes]]:
+    """(sample key, extension, bytes) for each regular member, streaming."""
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        for info in tar:
+            if info.isreg() and "." in info.name:
+                key, ext = info.name.split(".", 1)
+                yield key, ext, tar.extractfile(info).read()
+
+
+def iter_records(paths: Sequence[str], *, fmt: str) -> Iterator[dict]:
+    """Yield {"caption": str, "meta": dict} per sample, images skipped (cheap)."""
+    for path in paths:
+        if fmt == "parquet":
+            table = pq.read_table(path, columns=None, filesystem=None if "://" not in path else fsspec.core.url_to_fs(path)[0])
+            drop = [c for c in table.column_names if c in IMAGE_KEYS]
+            for row in table.drop_columns(drop).to_pylist():
+                text = next((row[c] for c in TEXT_KEYS if c in row), None)
+                yield {"caption": text or "", "meta": row}
+        else:
+            yield from _tar_records(path)
+
+
+def _tar_records(path: str) -> Iterator[dict]:
+    current, record = None, {}
+    for key, ext, data in _tar_members(path):
+        if key != current:
+            if current is not None:
+                yield record
+            current, record = key, {"caption": "", "meta": {}}
+        if ext in TEXT_KEYS:
+            record["caption"] = data.decode("utf-8", errors="replace").strip()
+        elif ext == "json":
+            try:
+                record["meta"] = json.loads(data)
+            except ValueError:
+                record["meta"] = {}
+    if current is not None:
+        yield record
+
+
+def sample_captions(paths: Sequence[str], *, fmt: str, limit: int) -> list[str]:
+    captions = []
+    for record in iter_records(paths, fmt=fmt):
+        if record["caption"]:
+            captions.append(record["caption"])
+        if len(captions) >= limit:
+            break
+    return captions
+
+
+def label_names(paths: Sequence[str], *, fmt: str) -> list[str]:
+    """Class names indexed by label, from the `label`/`label_name` metadata of labelled shards."""
+    names: dict[int, str] = {}
+    for record in iter_records(paths, fmt=fmt):
+        meta = record["meta"]
+        if meta.get("label") is not None and meta.get("label_name"):
+            names[int(meta["label"])] = str(meta["label_name"])
+    if not names:
+        raise ValueError(f"no `label`/`label_name` metadata in eval shards {list(paths)[:3]}...; "
+                         "set eval.classnames or write labelled shards")
+    missing = [i for i in range(max(names) + 1) if i not in names]
+    if missing:
+        # Labels never seen in the eval set still need a name to be a zero-shot class.
+        raise ValueError(f"eval shards name labels {sorted(names)[:10]}... but not {missing[:10]}; set eval.classnames")
+    return [names[i] for i in range(len(names))]

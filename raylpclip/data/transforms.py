@@ -1,0 +1,103 @@
+"""Image decoding and augmentation in numpy + PIL (no torch): this runs in Ray Data `map_batches`
+on CPU workers. Outputs are uint8 (3, size, size); normalisation happens next to the model
+(`raylpclip.models.clip.normalize_images`), except in `clip_preprocess`, which matches CLIP's
+float preprocessing end to end."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # same values as raylpclip.models.clip, kept torch-free
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def decode_image(jpg: bytes) -> Image.Image:
+    """Encoded image bytes (JPEG, PNG, ...) -> RGB PIL image. Corrupt or truncated bytes raise ValueError."""
+    try:
+        with Image.open(io.BytesIO(jpg)) as img:
+            img.load()  # decode now, so truncated data fails here rather than later
+            return img.convert("RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as err:
+        raise ValueError(f"cannot decode image ({len(jpg)} bytes): {err}") from err
+
+
+def _to_chw(img: Image.Image) -> np.ndarray:
+    """RGB PIL image -> uint8 (3, H, W)."""
+    return np.ascontiguousarray(np.asarray(img.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1))
+
+
+def _center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of a centred crop x crop window, rounding as torchvision does."""
+    left = int(round((width - crop) / 2.0))
+    top = int(round((height - crop) / 2.0))
+    return left, top, left + crop, top + crop
+
+
+def eval_transform(img: Image.Image, *, size: int) -> np.ndarray:
+    """CLIP's eval preprocessing: bicubic resize of the short side to `size`, centre crop -> uint8 (3, size, size)."""
+    w, h = img.size
+    # torchvision's Resize(int): short side = size, long side = int(size * long / short) (floored).
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) != (w, h):
+        img = img.resize((new_w, new_h), Image.BICUBIC)
+    return _to_chw(img.crop(_center_crop_box(new_w, new_h, size)))
+
+
+def _random_resized_box(
+    width: int, height: int, *, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box sampling: 10 tries, then a centre crop at a clamped ratio."""
+    area = width * height
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        w, h = int(round(height * max(ratio))), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def train_transform(
+    img: Image.Image,
+    *,
+    size: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float] = (0.9, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    hflip: bool = False,
+) -> np.ndarray:
+    """Random-resized crop (area fraction in `scale`, aspect in `ratio`), bicubic resize to `size`
+    -> uint8 (3, size, size). Flipping is off by default because captions mention left and right.
+    Deterministic given the state of `rng`."""
+    box = _random_resized_box(*img.size, rng=rng, scale=scale, ratio=ratio)
+    out = img.resize((size, size), Image.BICUBIC, box=box)
+    if hflip and rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
+    return _to_chw(out)
+
+
+def clip_preprocess(img: Image.Image, *, size: int = 224) -> np.ndarray:
+    """CLIP's full eval preprocessing in numpy: `eval_transform`, /255, per-channel mean/std -> float32 (3, size, size)."""
+    x = eval_transform(img, size=size).astype(np.float32) / 255.0
+    mean = np.asarray(CLIP_MEAN, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(CLIP_STD, dtype=np.float32).reshape(3, 1, 1)
+    return (x - mean) / std

@@ -1,0 +1,90 @@
+"""The only module that talks to `torch.distributed`.
+
+Every function degrades to the identity (or rank 0 / world size 1) when no process group is
+initialised or the group has a single member, so the same loss code runs in a CPU unit test and on
+many GPUs. Ray Train initialises the process group; this module never does.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_distributed() -> bool:
+    """True when a process group is initialised and has more than one member."""
+    return _initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """This process's rank in the default group (0 when not distributed)."""
+    return dist.get_rank() if _initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes in the default group (1 when not distributed)."""
+    return dist.get_world_size() if _initialized() else 1
+
+
+def all_gather_with_grad(x: Tensor) -> Tensor:
+    """Concatenate every rank's `x` along dim 0, keeping the autograd graph.
+
+    x: (b, ...) with the same shape on every rank -> (world_size * b, ...), rank r's rows at
+    [r*b, (r+1)*b). Every rank must run the backward pass, since the backward is a collective too.
+    """
+    if not is_distributed():
+        return x
+    # Why this gives the gradient of the mean loss: rank r's loss L_r depends on every rank's
+    # features through the gathered tensor. The backward of `nn.functional.all_gather` sends each
+    # slice's gradient back to its owner and SUMS it over ranks, so rank k receives
+    # sum_r dL_r/dx_k = W * d(mean_r L_r)/dx_k. DDP then AVERAGES parameter gradients (divides by W),
+    # which cancels the W: every rank ends up with d(mean_r L_r)/dtheta, the gradient of the
+    # single-process loss on the global batch. (A plain `dist.all_gather` would drop the cross-rank
+    # terms: each rank would only see the gradient through its own rows.)
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x), dim=0)
+
+
+@torch.no_grad()
+def all_gather_no_grad(x: Tensor) -> Tensor:
+    """Concatenate every rank's `x` along dim 0 without autograd (e.g. teacher features).
+
+    x: (b, ...) with the same shape on every rank -> (world_size * b, ...), detached.
+    """
+    x = x.detach()
+    if not is_distributed():
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+@torch.no_grad()
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Element-wise sum of `x` over ranks, as a new detached tensor (the input is not modified)."""
+    out = x.detach().clone()
+    if is_distributed():
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out
+
+
+@torch.no_grad()
+def all_reduce_mean(x: Tensor) -> Tensor:
+    """Element-wise mean of `x` over ranks, as a new detached tensor (the input is not modified).
+
+    Used for logging metrics; integer inputs are promoted to float so the mean is not truncated.
+    """
+    out = all_reduce_sum(x if x.is_floating_point() else x.double())
+    return out / get_world_size()
+
+
+def barrier() -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if is_distributed():
+        dist.barrier()

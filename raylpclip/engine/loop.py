@@ -1,0 +1,124 @@
+"""The training loop: gradient accumulation, clipping, autocast, timing. Pure torch, no Ray.
+
+The loop knows nothing about where batches come from or where metrics go: the caller passes an
+iterator of batches and a `LoopHooks` object (the Ray adapter reports and checkpoints through it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Protocol
+
+import torch
+
+from raylpclip.config import OptimConfig, TrainConfig
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # optimizer steps done
+    samples_seen: int = 0  # global samples consumed (all workers)
+
+
+class LoopHooks(Protocol):
+    def report(self, state: LoopState, metrics: dict[str, float], *, save: bool, evaluate: bool, final: bool) -> None:
+        """Called on log, checkpoint and eval steps, and once at the end (final=True)."""
+
+
+@dataclass
+class _Window:
+    """Running sums over the steps since the last report."""
+
+    steps: int = 0
+    wall: float = 0.0
+    wait: float = 0.0
+    sums: dict[str, float] = field(default_factory=dict)
+
+    def add(self, metrics: dict[str, torch.Tensor]) -> None:
+        for k, v in metrics.items():
+            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+
+    def summary(self, *, global_batch: int) -> dict[str, float]:
+        out = {k: v / max(1, self.steps) for k, v in self.sums.items()}
+        out["samples_per_s"] = global_batch * self.steps / max(self.wall, 1e-9)
+        out["data_wait_fraction"] = self.wait / max(self.wall, 1e-9)
+        out["step_time_s"] = self.wall / max(1, self.steps)
+        return out
+
+
+def autocast(precision: str, device: torch.device):
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _no_sync(model: torch.nn.Module, skip_sync: bool):
+    # Under accumulation only the last micro-step all-reduces gradients (DDP's no_sync).
+    return model.no_sync() if skip_sync and hasattr(model, "no_sync") else contextlib.nullcontext()
+
+
+def run_loop(
+    task,
+    *,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    batches: Iterator[dict[str, torch.Tensor]],
+    state: LoopState,
+    train: TrainConfig,
+    optim: OptimConfig,
+    hooks: LoopHooks,
+    device: torch.device = torch.device("cpu"),
+) -> LoopState:
+    """Run optimizer steps from `state.step` to `train.steps`. `task` is e.g. a PretrainTask."""
+    window = _Window()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    while state.step < train.steps:
+        start = time.perf_counter()
+        metrics, waited = _one_step(task, optimizer, batches, params, state.step, train, optim, device)
+        scheduler.step()
+        task.after_step()
+        state.step += 1
+        state.samples_seen += train.batch_size
+        window.add(metrics)
+        window.steps += 1
+        window.wait += waited
+        window.wall += time.perf_counter() - start
+        final = state.step == train.steps
+        save = final or (train.checkpoint_every > 0 and state.step % train.checkpoint_every == 0)
+        evaluate = final or (train.eval_every > 0 and state.step % train.eval_every == 0)
+        if final or save or evaluate or state.step % train.log_every == 0:
+            summary = window.summary(global_batch=train.batch_size)
+            summary["lr"] = scheduler.get_last_lr()[0]
+            hooks.report(state, summary, save=save, evaluate=evaluate, final=final)
+            window = _Window()
+    return state
+
+
+def _one_step(task, optimizer, batches, params, step, train, optim, device):
+    waited = 0.0
+    sums: dict[str, torch.Tensor] = {}
+    for micro in range(optim.accum_steps):
+        t0 = time.perf_counter()
+        try:
+            batch = next(batches)
+        except StopIteration:
+            raise RuntimeError(f"the data stream ended at step {step}; it must yield batches until train.steps") from None
+        waited += time.perf_counter() - t0
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+        with _no_sync(task.model, micro < optim.accum_steps - 1), autocast(train.precision, device):
+            out = task.losses(batch, step=step)
+            loss = sum(v for k, v in out.items() if k.endswith("_loss"))
+        (loss / optim.accum_steps).backward()
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + v.detach().float() / optim.accum_steps
+    sums["loss"] = sum(v for k, v in sums.items() if k.endswith("_loss"))
+    if not torch.isfinite(sums["loss"]):
+        # Stop before the optimizer writes NaN into the weights (and into the next checkpoint).
+        raise FloatingPointError(f"non-finite loss {float(sums['loss'])} at step {step}")
+    if optim.grad_clip > 0:
+        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return sums, waited
