@@ -118,9 +118,11 @@ def _check_args(
         raise ValueError(f"teacher_temperature must be > 0 or None, got {teacher_temperature}")
     if (teacher_image_features is None) != (teacher_text_features is None):
         raise ValueError("teacher_image_features and teacher_text_features must be given together")
-    for name, t in (("teacher_image_features", teacher_image_features), ("teacher_text_features", teacher_text_features)):
+    teachers = {"teacher_image_features": teacher_image_features, "teacher_text_features": teacher_text_features}
+    for name, t in teachers.items():
         if t is not None and t.shape != image_features.shape:
-            raise ValueError(f"{name} must have the student's shape {tuple(image_features.shape)}, got {tuple(t.shape)}")
+            want, got = tuple(image_features.shape), tuple(t.shape)
+            raise ValueError(f"{name} must have the student's shape {want}, got {got}")
 
 
 def psd_loss(
@@ -176,5 +178,7 @@ def psd_loss(
     p_t2i = F.softmax(t_txt.to(wide), dim=1).to(onehot.dtype)
     targets_i2t = torch.where(rows, (1.0 - alpha) * onehot + alpha * p_i2t, onehot)
     targets_t2i = torch.where(rows, (1.0 - alpha) * onehot + alpha * p_t2i, onehot)
-    loss = 0.5 * (_soft_cross_entropy(logits_per_image, targets_i2t) + _soft_cross_entropy(logits_per_text, targets_t2i))
+    loss_i2t = _soft_cross_entropy(logits_per_image, targets_i2t)
+    loss_t2i = _soft_cross_entropy(logits_per_text, targets_t2i)
+    loss = 0.5 * (loss_i2t + loss_t2i)
     return {"contrastive_loss": loss, **stats}

@@ -253,7 +253,7 @@ def test_soft_subset_mask_has_exactly_round_fraction_rows(b, fraction, k):
 
 
 def test_soft_subset_mask_is_random_and_reproducible():
-    masks = [soft_subset_mask(16, 0.5, generator=torch.Generator().manual_seed(seed), device="cpu") for seed in range(4)]
+    masks = [soft_subset_mask(16, 0.5, generator=torch.Generator().manual_seed(i), device="cpu") for i in range(4)]
     again = soft_subset_mask(16, 0.5, generator=torch.Generator().manual_seed(0), device="cpu")
     assert torch.equal(masks[0], again)
     assert len({tuple(m.tolist()) for m in masks}) > 1
@@ -310,7 +310,8 @@ def test_psd_alpha_warmup():
 
 
 def test_psd_alpha_zero_a_max_is_always_zero():
-    assert all(psd_alpha(s, total_steps=10, a_max=0.0, ramp=r) == 0.0 for s in range(12) for r in ("linear", "cosine", "constant"))
+    ramps = ("linear", "cosine", "constant")
+    assert all(psd_alpha(s, total_steps=10, a_max=0.0, ramp=r) == 0.0 for s in range(12) for r in ramps)
 
 
 def test_psd_alpha_unknown_ramp_raises_naming_ramp():

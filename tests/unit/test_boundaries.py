@@ -1,0 +1,19 @@
+"""Ray stays at the edge: the core (config, data, models, losses, engine, eval) imports without it."""
+
+import subprocess
+import sys
+
+CORE = [
+    "raylpclip.config", "raylpclip.columns", "raylpclip.distributed", "raylpclip.losses",
+    "raylpclip.models.clip", "raylpclip.models.tokenizer", "raylpclip.models.factory", "raylpclip.models.ema",
+    "raylpclip.data.decode", "raylpclip.data.shards", "raylpclip.data.synthetic", "raylpclip.data.metadata",
+    "raylpclip.engine.loop", "raylpclip.engine.pretrain_task", "raylpclip.engine.evaluate",
+    "raylpclip.engine.checkpoint", "raylpclip.eval.zeroshot", "raylpclip.eval.metrics", "raylpclip.demo",
+    "raylpclip.cli",
+]
+
+
+def test_core_imports_without_ray():
+    code = f"import sys; import {', '.join(CORE)}; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stdout + out.stderr

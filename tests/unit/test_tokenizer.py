@@ -1,0 +1,100 @@
+"""Trained BPE round trip, OpenAI's CLIP BPE rebuilt offline, fixed-length tokenisation keeping EOS."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raylpclip.models.tokenizer import clip_tokenizer_from_bpe, load_tokenizer, tokenize, train_tokenizer
+
+DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+CLIP_BPE = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+
+CAPTIONS = [
+    "A photo of a cat.", "a dog running on the beach", "Two cats and a DOG", "a red car parked near a tree",
+    "a bird   sitting on a branch", "the cat sleeps on the sofa",
+] * 30
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tok")
+    return train_tokenizer(CAPTIONS, vocab_size=300, out_dir=str(out)), out
+
+
+def test_train_tokenizer_round_trip(trained):
+    tok, out = trained
+    assert len(tok) == 300
+    # EOS must not be 2 (transformers' CLIP treats eos_token_id == 2 as legacy argmax pooling).
+    assert tok.eos_token_id != 2 and len({tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}) == 3
+    ids = tok("A  Photo of a CAT.")["input_ids"]
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    assert tok.decode(ids, skip_special_tokens=True) == "a photo of a cat."
+    # Lowercase + whitespace normalisation, and the same tokens for a word at the start or inside.
+    assert tok("cat")["input_ids"][1:-1] == tok("a cat")["input_ids"][2:-1]
+    assert ids == tok("a photo\tof a cat.")["input_ids"]
+    reloaded = load_tokenizer(str(out))
+    assert reloaded("A  Photo of a CAT.")["input_ids"] == ids
+    assert (reloaded.bos_token_id, reloaded.eos_token_id, reloaded.pad_token_id) == (
+        tok.bos_token_id, tok.eos_token_id, tok.pad_token_id)
+    # Byte level: unseen characters still encode and decode.
+    assert reloaded.decode(reloaded("zebra ünïcode 42")["input_ids"], skip_special_tokens=True) == "zebra ünïcode 42"
+
+
+def test_train_tokenizer_rejects_tiny_vocab(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(CAPTIONS, vocab_size=100, out_dir=str(tmp_path))
+
+
+def test_load_tokenizer_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing-tok"):
+        load_tokenizer(str(tmp_path / "missing-tok"))
+
+
+def test_tokenize_pads_and_keeps_eos_under_truncation(trained):
+    tok, _ = trained
+    long = " ".join(["a dog running on the beach"] * 10)
+    out = tokenize(tok, ["a cat", long], context_length=12)
+    ids, mask = out["input_ids"], out["attention_mask"]
+    assert ids.shape == (2, 12) and mask.shape == (2, 12)
+    assert ids.dtype == np.int64 and mask.dtype == np.int64
+    short = tok("a cat")["input_ids"]
+    n = len(short)
+    assert ids[0, :n].tolist() == short
+    assert (ids[0, n:] == tok.pad_token_id).all()
+    assert mask[0].tolist() == [1] * n + [0] * (12 - n)
+    assert ids[1, 0] == tok.bos_token_id and ids[1, -1] == tok.eos_token_id and mask[1].all()
+
+
+class _DropsEos:
+    """A tokenizer whose truncation cuts the EOS off (as plain `ids[:max_length]` would)."""
+
+    bos_token_id, eos_token_id, pad_token_id = 0, 1, 2
+
+    def __call__(self, texts, *, truncation, max_length):
+        rows = [[0] + [10 + len(w) for w in t.split()] + [1] for t in texts]
+        return {"input_ids": [r[:max_length] for r in rows]}
+
+
+def test_tokenize_fixes_up_eos_dropped_by_truncation():
+    out = tokenize(_DropsEos(), ["one two three four five six", "hi"], context_length=4)
+    assert out["input_ids"].tolist() == [[0, 13, 13, 1], [0, 12, 1, 2]]
+    assert out["attention_mask"].tolist() == [[1, 1, 1, 1], [1, 1, 1, 0]]
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not CLIP_BPE.is_file(), reason="../shared/data/clip is absent")
+def test_clip_tokenizer_from_bpe_known_answer(tmp_path):
+    tok = clip_tokenizer_from_bpe(str(CLIP_BPE), str(tmp_path))
+    assert len(tok) == 49408
+    assert (tok.bos_token_id, tok.eos_token_id) == (49406, 49407)
+    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert (tmp_path / "vocab.json").is_file()
+    assert (tmp_path / "merges.txt").read_text(encoding="utf-8").startswith("#version: 0.2\n")
+    reloaded = load_tokenizer(str(tmp_path))
+    out = tokenize(reloaded, ["a photo of a cat", "a photo " * 50], context_length=77)
+    assert out["input_ids"][0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert out["attention_mask"][0].sum() == 7
+    assert out["input_ids"][1, -1] == 49407 and out["attention_mask"][1].all()
