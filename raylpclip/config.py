@@ -101,7 +101,7 @@ class RayConfig:
     address: str = ""  # empty: start a local instance (or join RAY_ADDRESS when set)
     num_cpus: int = 8  # logical CPUs of a local instance: more than cores so Ray Data keeps a budget
     storage_path: str = ""  # empty: <output_dir>; a shared path or s3:// URL on clusters
-    dashboard: bool = False  # start the dashboard with a local instance (binds to 127.0.0.1)
+    dashboard: bool = True  # local instance: dashboard on 127.0.0.1 (Ray Train's state queries need it)
 
 
 @dataclass

@@ -7,6 +7,8 @@ many GPUs. Ray Train initialises the process group; this module never does.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -48,7 +50,11 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     # terms: each rank would only see the gradient through its own rows.)
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(x), dim=0)
+    # Deprecated in favour of functional collectives, whose autograd backward needs reduce-scatter,
+    # which gloo (CPU workers) lacks; this one works on both gloo and NCCL.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(x), dim=0)
 
 
 @torch.no_grad()

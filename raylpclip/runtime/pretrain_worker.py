@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import sys
 import tempfile
 import time
 from typing import Iterator
@@ -89,7 +91,7 @@ class RayHooks:
                 f"{m.get('samples_per_s', 0):.0f} samples/s data-wait {100 * m.get('data_wait_fraction', 0):.1f}%")
         if "acc1" in m:
             line += f" | zero-shot acc1 {m['acc1']:.3f} acc5 {m['acc5']:.3f}"
-        print(line, flush=True)
+        progress(line)
 
 
 def restore(task: PretrainTask, optimizer, scheduler) -> LoopState:
@@ -105,7 +107,15 @@ def restore(task: PretrainTask, optimizer, scheduler) -> LoopState:
     return LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"]))
 
 
+def progress(line: str) -> None:
+    # Ray Train patches print() into its logger *and* tees it to stdout, so every line would show
+    # twice; the process's real stdout shows it once, in the driver's output and the job logs.
+    print(line, file=sys.__stdout__, flush=True)
+
+
 def pretrain_worker(loop_config: dict) -> None:
+    # Ray Train logs every report at INFO (the full metrics dict): our progress lines say it shorter.
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(PretrainConfig, loop_config["config"])
     tokenizer = loop_config["tokenizer"]
     torch.set_num_threads(cfg.train.threads_per_worker)
@@ -120,7 +130,7 @@ def pretrain_worker(loop_config: dict) -> None:
     task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank)
     state = restore(task, optimizer, scheduler)
     if rank == 0 and state.step:
-        print(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen)", flush=True)
+        progress(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen)")
 
     micro = cfg.train.batch_size // (world * cfg.optim.accum_steps)
     batches = batch_stream(ray.train.get_dataset_shard("train"), micro_batch=micro, cfg=cfg)
