@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 class DataConfig:
     train: str = ""  # shards: dir, glob, brace range or s3:// URL
     eval: str = ""  # labelled eval shards (label in the .json metadata)
-    format: str = "webdataset"  # webdataset | parquet (img2dataset output formats)
+    format: str = "auto"  # auto | webdataset | parquet (img2dataset output formats); auto: per source
     image_size: int = 64
     context_length: int = 32
     aug_scale_min: float = 0.9  # random-resized-crop lower scale bound; 1.0 disables cropping
@@ -182,7 +182,7 @@ def validate(cfg: Any) -> None:
 
 
 def _check_data(d: DataConfig, key: str) -> None:
-    _choice(d.format, f"{key}.format", ("webdataset", "parquet"))
+    _choice(d.format, f"{key}.format", ("auto", "webdataset", "parquet"))
     _require(d.image_size >= 8, f"{key}.image_size", f"got {d.image_size}, expected >= 8")
     _require(d.context_length >= 4, f"{key}.context_length", f"got {d.context_length}, expected >= 4")
     _require(0.0 < d.aug_scale_min <= 1.0, f"{key}.aug_scale_min", f"got {d.aug_scale_min}, expected in (0, 1]")

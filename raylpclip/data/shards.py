@@ -238,6 +238,22 @@ def list_shards(path: str, fmt: str) -> list[str]:
     return [f"{protocol}://{p.lstrip('/')}" for p in shards]
 
 
+def resolve_shards(path: str, fmt: str = "auto") -> tuple[list[str], str]:
+    """(shards, format) for `path`; fmt="auto" picks webdataset when `.tar` shards are there, else
+    parquet. Both layouts also hold `.parquet` files (webdataset's are metadata), so tars win."""
+    if fmt != "auto":
+        return list_shards(path, fmt), fmt
+    try:
+        return list_shards(path, "webdataset"), "webdataset"
+    except FileNotFoundError:
+        pass
+    try:
+        return list_shards(path, "parquet"), "parquet"
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no img2dataset shards (*.tar or *.parquet) at {path!r}; expected a "
+                                "directory, a glob or a brace range such as 'dir/{00000..00009}.tar'") from None
+
+
 def _stats_path(shard: str) -> str:
     return re.sub(r"\.(tar|parquet)$", "", shard) + "_stats.json"
 
@@ -255,12 +271,9 @@ def read_stats(paths_or_dir: str | Sequence[str]) -> int | None:
             stats_files = fs.glob(f"{stripped.rstrip('/')}/*_stats.json")
         else:
             try:
-                shards = list_shards(paths_or_dir, "webdataset")
+                shards, _ = resolve_shards(paths_or_dir)
             except FileNotFoundError:
-                try:
-                    shards = list_shards(paths_or_dir, "parquet")
-                except FileNotFoundError:
-                    return None
+                return None
             stats_files = [_stats_path(fsspec.core.url_to_fs(p)[1]) for p in shards]
     else:
         if not paths_or_dir:

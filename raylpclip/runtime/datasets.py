@@ -7,7 +7,7 @@ from ray.data import Dataset, FileShuffleConfig
 
 from raylpclip.config import DataConfig
 from raylpclip.data.decode import BatchDecoder
-from raylpclip.data.shards import list_shards
+from raylpclip.data.shards import resolve_shards
 
 
 def read_shards(paths: list[str], *, fmt: str, shuffle_seed: int | None = None) -> Dataset:
@@ -34,11 +34,11 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
 
 
 def train_dataset(cfg: DataConfig, *, tokenizer) -> Dataset:
-    files = list_shards(cfg.train, cfg.format)
-    return decoded(read_shards(files, fmt=cfg.format, shuffle_seed=cfg.shuffle_seed), cfg=cfg, tokenizer=tokenizer, train=True)
+    files, fmt = resolve_shards(cfg.train, cfg.format)
+    return decoded(read_shards(files, fmt=fmt, shuffle_seed=cfg.shuffle_seed), cfg=cfg, tokenizer=tokenizer, train=True)
 
 
 def eval_dataset(cfg: DataConfig, *, tokenizer) -> Dataset:
-    files = list_shards(cfg.eval, cfg.format)
-    ds = read_shards(files, fmt=cfg.format).limit(cfg.eval_max_samples)
+    files, fmt = resolve_shards(cfg.eval, cfg.format)
+    ds = read_shards(files, fmt=fmt).limit(cfg.eval_max_samples)
     return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=False)

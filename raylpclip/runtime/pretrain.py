@@ -10,7 +10,7 @@ from ray.train.torch import TorchTrainer
 
 from raylpclip.config import PretrainConfig, save_config, to_dict
 from raylpclip.data.metadata import label_names, sample_captions
-from raylpclip.data.shards import list_shards
+from raylpclip.data.shards import resolve_shards
 from raylpclip.engine.checkpoint import load_state
 from raylpclip.models.clip import export_clip
 from raylpclip.models.factory import build_tower
@@ -24,7 +24,7 @@ SUMMARY_KEYS = ("acc1", "acc5", "mean_per_class_recall", "loss", "logit_scale", 
                 "samples_seen", "data_wait_fraction", "eval_samples")
 
 
-def prepare_tokenizer(cfg: PretrainConfig, train_files: list[str]):
+def prepare_tokenizer(cfg: PretrainConfig, train_files: list[str], fmt: str):
     """The configured tokenizer, the one this run already trained (so a resumed run reuses it), or a new
     BPE trained on a sample of the training captions."""
     if cfg.model.tokenizer:
@@ -34,7 +34,7 @@ def prepare_tokenizer(cfg: PretrainConfig, train_files: list[str]):
         return load_tokenizer(cfg.model.pretrained)
     if run_tok.is_dir():
         return load_tokenizer(str(run_tok))
-    captions = sample_captions(train_files, fmt=cfg.data.format, limit=cfg.model.tokenizer_samples)
+    captions = sample_captions(train_files, fmt=fmt, limit=cfg.model.tokenizer_samples)
     if not captions:
         raise ValueError(f"no captions found in training shards {cfg.data.train!r} to train a tokenizer on")
     return train_tokenizer(captions, vocab_size=cfg.model.vocab_size, out_dir=str(run_tok))
@@ -56,6 +56,9 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str]) -> T
             name=cfg.name, storage_path=storage,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            # Ray Train logs every report (the whole metrics dict) at INFO; the workers' progress lines
+            # say it shorter. Full logs stay in the session's log files.
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         # The eval set goes whole to every worker (rank 0 evaluates); only training data is split.
@@ -78,11 +81,12 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    train_files = list_shards(cfg.data.train, cfg.data.format)
-    tokenizer = prepare_tokenizer(cfg, train_files)
+    train_files, train_fmt = resolve_shards(cfg.data.train, cfg.data.format)
+    tokenizer = prepare_tokenizer(cfg, train_files, train_fmt)
     classnames = list(cfg.eval.classnames)
     if not classnames and cfg.data.eval:
-        classnames = label_names(list_shards(cfg.data.eval, cfg.data.format), fmt=cfg.data.format)
+        eval_files, eval_fmt = resolve_shards(cfg.data.eval, cfg.data.format)
+        classnames = label_names(eval_files, fmt=eval_fmt)
     print(f"[raylpclip] run {cfg.name}: {len(train_files)} training shards, {len(classnames)} eval classes, "
           f"{cfg.train.num_workers} workers, {cfg.train.steps} steps of {cfg.train.batch_size}", flush=True)
 

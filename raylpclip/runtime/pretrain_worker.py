@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import sys
 import tempfile
 import time
@@ -114,8 +113,6 @@ def progress(line: str) -> None:
 
 
 def pretrain_worker(loop_config: dict) -> None:
-    # Ray Train logs every report at INFO (the full metrics dict): our progress lines say it shorter.
-    logging.getLogger("ray.train").setLevel(logging.WARNING)
     cfg = from_dict(PretrainConfig, loop_config["config"])
     tokenizer = loop_config["tokenizer"]
     torch.set_num_threads(cfg.train.threads_per_worker)

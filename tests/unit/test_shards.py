@@ -16,7 +16,7 @@ from PIL import Image
 
 from raylpclip.data.sample import Sample
 from raylpclip.data.shards import (_expand_braces, list_shards, oom_sample_per_shard, read_stats,
-                                   sample_key, write_shard, write_shards)
+                                   resolve_shards, sample_key, write_shard, write_shards)
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 
 
@@ -155,6 +155,18 @@ def test_list_shards_nothing_matches_names_path_and_pattern(tmp_path):
     (tmp_path / "00000.tar").write_bytes(b"")
     with pytest.raises(FileNotFoundError, match=r"\.parquet"):
         list_shards(str(tmp_path), "parquet")
+
+
+def test_resolve_shards_auto_prefers_tars_over_their_metadata_parquet(samples, tmp_path):
+    write_shards(samples, str(tmp_path / "wds"), samples_per_shard=10)
+    write_shards(samples, str(tmp_path / "pq"), fmt="parquet", samples_per_shard=10)
+    files, fmt = resolve_shards(str(tmp_path / "wds"))
+    assert fmt == "webdataset" and [os.path.basename(f) for f in files] == ["00000.tar", "00001.tar", "00002.tar"]
+    files, fmt = resolve_shards(str(tmp_path / "pq"))
+    assert fmt == "parquet" and len(files) == 3
+    assert resolve_shards(str(tmp_path / "wds"), "parquet")[1] == "parquet"  # explicit format wins
+    with pytest.raises(FileNotFoundError, match=r"\(\*\.tar or \*\.parquet\) at .*nowhere"):
+        resolve_shards(str(tmp_path / "nowhere"))
 
 
 def test_brace_expansion():
