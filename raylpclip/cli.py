@@ -45,6 +45,12 @@ def cmd_pretrain(args: list[str]) -> Path:
     return Path(summary["run_dir"]) / "summary.json"
 
 
+def cmd_tokenizer(args: list[str]) -> Path:
+    from raylpclip.commands.tokenizer import cmd_tokenizer as run
+
+    return run(args)
+
+
 def _print_result(summary: dict) -> None:
     if summary.get("acc1") is not None:
         chance = summary.get("chance_acc1") or 0
@@ -58,6 +64,7 @@ def _print_result(summary: dict) -> None:
 COMMANDS: dict[str, Callable[[list[str]], Path]] = {
     "demo": cmd_demo,
     "pretrain": cmd_pretrain,
+    "tokenizer": cmd_tokenizer,
 }
 
 

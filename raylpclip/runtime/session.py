@@ -20,6 +20,9 @@ def ensure_ray(cfg: RayConfig) -> None:
     """
     if ray.is_initialized():
         return
+    # Token auth on whatever Ray's default is (2.60 turns it on for local clusters only); an explicit
+    # RAY_AUTH_MODE from the user or the cluster definition still wins.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, log_to_driver=True)

@@ -29,3 +29,24 @@ def test_missing_shards_give_one_line_naming_the_path(tmp_path):
 def test_pretrain_requires_train_data():
     out = _run("pretrain")
     assert out.returncode == 2 and "data.train" in out.stderr
+
+
+def test_tokenizer_train_from_shards_then_loads(tmp_path):
+    from raylpclip.data.shards import write_shards
+    from raylpclip.data.synthetic import SyntheticSpec, generate_samples
+    from raylpclip.models.tokenizer import load_tokenizer
+
+    write_shards(generate_samples(40, spec=SyntheticSpec(image_size=16), seed=1), str(tmp_path / "shards"),
+                 fmt="parquet", samples_per_shard=20)
+    out = _run("tokenizer", "train", str(tmp_path / "shards"), str(tmp_path / "tok"), "--vocab-size", "300")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == str(tmp_path / "tok" / "summary.json")
+    tokenizer = load_tokenizer(str(tmp_path / "tok"))
+    assert 256 < len(tokenizer) <= 300
+
+
+def test_tokenizer_from_clip_bpe(shared_data, tmp_path):
+    out = _run("tokenizer", "clip-bpe", str(shared_data / "clip" / "bpe_simple_vocab_16e6.txt.gz"), str(tmp_path / "clip"))
+    assert out.returncode == 0, out.stderr
+    # openai/CLIP's simple_tokenizer gives these ids for "a photo of a dog." (49406/49407: start/end).
+    assert "[49406, 320, 1125, 539, 320, 1929, 269, 49407" in out.stdout

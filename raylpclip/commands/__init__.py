@@ -1,0 +1,1 @@
+"""CLI subcommands that take their own arguments (not a config file)."""
