@@ -51,6 +51,12 @@ def cmd_tokenizer(args: list[str]) -> Path:
     return run(args)
 
 
+def cmd_shards(args: list[str]) -> Path:
+    from raylpclip.commands.shards import cmd_shards as run
+
+    return run(args)
+
+
 def _print_result(summary: dict) -> None:
     if summary.get("acc1") is not None:
         chance = summary.get("chance_acc1") or 0
@@ -64,6 +70,7 @@ def _print_result(summary: dict) -> None:
 COMMANDS: dict[str, Callable[[list[str]], Path]] = {
     "demo": cmd_demo,
     "pretrain": cmd_pretrain,
+    "shards": cmd_shards,
     "tokenizer": cmd_tokenizer,
 }
 

@@ -123,10 +123,10 @@ def _join(out_dir: str, name: str) -> str:
     return f"{out_dir.rstrip('/')}/{name}"
 
 
-def _write_bytes(path: str, data: bytes) -> None:
+def _write_bytes(path: str, data: bytes, storage_options: dict[str, Any] | None = None) -> None:
     """Write in one go; on local disk via `<path>.tmp` + rename, so a crash never leaves a
     truncated file under the final name (an object-store PUT is all-or-nothing already)."""
-    fs, fs_path = fsspec.core.url_to_fs(path)
+    fs, fs_path = fsspec.core.url_to_fs(path, **(storage_options or {}))
     if isinstance(fs, LocalFileSystem):
         os.makedirs(os.path.dirname(fs_path) or ".", exist_ok=True)
         with open(fs_path + ".tmp", "wb") as f:
@@ -138,10 +138,12 @@ def _write_bytes(path: str, data: bytes) -> None:
 
 
 def write_shard(samples: Sequence[Sample], out_dir: str, *, shard_id: int, fmt: str = "webdataset",
-                samples_per_shard: int, shard_count: int | None = None) -> dict[str, Any]:
+                samples_per_shard: int, shard_count: int | None = None,
+                storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write one shard (`{shard_id:05d}.tar` + `.parquet`, or `.parquet`) and its `_stats.json`.
 
     Keys are assigned here from (shard_id, position); `Sample.key` is ignored. Returns the stats.
+    `storage_options` go to fsspec (e.g. `{"client_kwargs": {"endpoint_url": ...}}` for an S3 endpoint).
     """
     check_fmt(fmt)
     if len(samples) > samples_per_shard:
@@ -152,19 +154,19 @@ def write_shard(samples: Sequence[Sample], out_dir: str, *, shard_id: int, fmt: 
     metas = [_metadata(s, sample_key(shard_id, i, samples_per_shard=samples_per_shard, shard_digits=shard_digits))
              for i, s in enumerate(samples)]
     if fmt == "webdataset":
-        _write_bytes(_join(out_dir, f"{name}.tar"), _tar_bytes(samples, metas))
-        _write_bytes(_join(out_dir, f"{name}.parquet"), _parquet_bytes(metas))
+        _write_bytes(_join(out_dir, f"{name}.tar"), _tar_bytes(samples, metas), storage_options)
+        _write_bytes(_join(out_dir, f"{name}.parquet"), _parquet_bytes(metas), storage_options)
     else:
         leading = {"key": pa.array([m["key"] for m in metas], pa.string()),
                    "jpg": pa.array([s.jpg for s in samples], pa.binary()),
                    "txt": pa.array([s.caption for s in samples], pa.string())}
-        _write_bytes(_join(out_dir, f"{name}.parquet"), _parquet_bytes(metas, leading=leading))
+        _write_bytes(_join(out_dir, f"{name}.parquet"), _parquet_bytes(metas, leading=leading), storage_options)
     end_time = time.time()
     stats = {"count": len(samples), "successes": len(samples), "failed_to_download": 0,
              "failed_to_resize": 0, "duration": end_time - start_time, "start_time": start_time,
              "end_time": end_time, "status_dict": {"success": len(samples)} if samples else {}}
     # Stats go last: like img2dataset, their presence means the shard is complete.
-    _write_bytes(_join(out_dir, f"{name}_stats.json"), json.dumps(stats, indent=4).encode("utf-8"))
+    _write_bytes(_join(out_dir, f"{name}_stats.json"), json.dumps(stats, indent=4).encode("utf-8"), storage_options)
     return stats
 
 
