@@ -38,8 +38,9 @@ def cmd_pretrain(args: list[str]) -> Path:
 
     path, overrides = _split(args)
     cfg = load_config(PretrainConfig, path, overrides)
-    if not cfg.data.train:
-        raise ConfigError("config key 'data.train': required (a shard directory, glob, brace range or s3:// URL)")
+    if not cfg.data.train_sources():
+        raise ConfigError("config key 'data.train': required (a shard directory, glob, brace range or s3:// URL), "
+                          "or data.sources")
     summary = run_pretrain(cfg)
     _print_result(summary)
     return Path(summary["run_dir"]) / "summary.json"
@@ -57,17 +58,31 @@ def cmd_shards(args: list[str]) -> Path:
     return run(args)
 
 
+def cmd_bench(args: list[str]) -> Path:
+    from raylpclip.bench import cmd_bench as run
+
+    return run(args)
+
+
 def _print_result(summary: dict) -> None:
     if summary.get("acc1") is not None:
         chance = summary.get("chance_acc1") or 0
         print(f"[raylpclip] zero-shot acc1 {summary['acc1']:.3f} (chance {chance:.3f}), "
               f"acc5 {summary.get('acc5', 0):.3f}, mean_per_class_recall {summary.get('mean_per_class_recall', 0):.3f}")
+    if summary.get("image_retrieval_recall@5") is not None:
+        print(f"[raylpclip] retrieval recall@1/5/10: image {summary['image_retrieval_recall@1']:.3f}/"
+              f"{summary['image_retrieval_recall@5']:.3f}/{summary['image_retrieval_recall@10']:.3f}, text "
+              f"{summary['text_retrieval_recall@1']:.3f}/{summary['text_retrieval_recall@5']:.3f}/"
+              f"{summary['text_retrieval_recall@10']:.3f}")
+    if summary.get("skipped"):
+        print(f"[raylpclip] skipped (bad input): {summary['skipped']}")
     print(f"[raylpclip] {summary.get('samples_per_s') or 0:.0f} samples/s, {summary['wall_s']:.0f}s wall")
     print(f"[raylpclip] run directory: {summary['run_dir']}")
     print(f"[raylpclip] exported model: {summary.get('model_dir')}  (CLIPModel.from_pretrained loads it)")
 
 
 COMMANDS: dict[str, Callable[[list[str]], Path]] = {
+    "bench": cmd_bench,
     "demo": cmd_demo,
     "pretrain": cmd_pretrain,
     "shards": cmd_shards,
@@ -86,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"raylpclip {ns.command}: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:  # missing shards, bad data, unreachable storage
         print(f"raylpclip {ns.command}: error: {exc}", file=sys.stderr)
         return 1
     print(summary_path)

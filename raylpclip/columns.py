@@ -7,6 +7,7 @@ IMAGE = "image"  # uint8 (B, 3, H, W); normalised to float on the worker, next t
 INPUT_IDS = "input_ids"  # int64 (B, L)
 ATTENTION_MASK = "attention_mask"  # int64 (B, L), 1 for real tokens
 LABEL = "label"  # int64 (B,), -1 when the sample carries no class label
+IMAGE_ID = "image_id"  # int64 (B,), same for rows that share an image (several captions): retrieval groups
 KEY = "key"  # str, the img2dataset sample key
 
-TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL)
+TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL, IMAGE_ID)

@@ -23,8 +23,29 @@ class ConfigError(ValueError):
 
 
 @dataclass
+class S3Config:
+    """How s3:// shards are reached (through s3fs). Credentials are never config values: they come from
+    the standard AWS environment variables or profile of the machine that starts the run."""
+
+    endpoint_url: str = ""  # empty: AWS; e.g. http://127.0.0.1:9000 for MinIO/moto
+    region: str = ""
+    anon: bool = False  # public buckets
+    profile: str = ""  # a named AWS profile
+    connect_timeout: float = 5.0  # seconds; an unreachable endpoint fails fast instead of hanging
+    max_attempts: int = 5  # botocore retries (exponential backoff) for transient errors
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""  # shards: dir, glob, brace range or s3:// URL
+    weight: float = 1.0  # share of each batch drawn from this source
+    format: str = "auto"
+
+
+@dataclass
 class DataConfig:
     train: str = ""  # shards: dir, glob, brace range or s3:// URL
+    sources: list[SourceConfig] = field(default_factory=list)  # several training sources mixed by weight
     eval: str = ""  # labelled eval shards (label in the .json metadata)
     format: str = "auto"  # auto | webdataset | parquet (img2dataset output formats); auto: per source
     image_size: int = 64
@@ -36,6 +57,14 @@ class DataConfig:
     decode_concurrency: int = 2  # max decode actors (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
     eval_max_samples: int = 2000
+    fail_after_bad: int = 1000  # a decode actor that has seen this many samples and none usable stops the run
+    s3: S3Config = field(default_factory=S3Config)
+
+    def train_sources(self) -> list[SourceConfig]:
+        """`data.sources`, or `data.train` as the one source."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig(path=self.train, weight=1.0, format=self.format)] if self.train else []
 
 
 @dataclass
@@ -189,6 +218,14 @@ def _check_data(d: DataConfig, key: str) -> None:
     _require(d.decode_batch_size > 0, f"{key}.decode_batch_size", "expected > 0")
     _require(d.decode_concurrency > 0, f"{key}.decode_concurrency", "expected > 0")
     _require(d.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "expected >= 0")
+    _require(d.fail_after_bad > 0, f"{key}.fail_after_bad", "expected > 0")
+    _require(not (d.train and d.sources), f"{key}.sources", "give either data.train or data.sources, not both")
+    for i, src in enumerate(d.sources):
+        _require(bool(src.path), f"{key}.sources.{i}.path", "required")
+        _require(src.weight > 0, f"{key}.sources.{i}.weight", f"got {src.weight}, expected > 0")
+        _choice(src.format, f"{key}.sources.{i}.format", ("auto", "webdataset", "parquet"))
+    _require(d.s3.connect_timeout > 0, f"{key}.s3.connect_timeout", "expected > 0")
+    _require(d.s3.max_attempts >= 1, f"{key}.s3.max_attempts", "expected >= 1")
 
 
 def _check_model(m: ModelConfig, key: str) -> None:

@@ -10,6 +10,7 @@ the batch goes on.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter
 from typing import Any
@@ -28,23 +29,52 @@ def _first_present(batch: dict[str, Any], names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in batch), None)
 
 
+def _missing(value: Any) -> bool:
+    """None, or the NaN that pandas puts where a webdataset sample lacks a member."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def _as_text(value: Any) -> str:
-    if value is None:
+    if _missing(value):
         return ""
     if isinstance(value, (bytes, bytearray, np.bytes_)):
         return bytes(value).decode("utf-8", errors="replace").strip()
     return str(value).strip()
 
 
-def _label(batch: dict[str, Any], i: int) -> int:
-    if "label" in batch and batch["label"][i] is not None:
-        return int(batch["label"][i])
+META_FIELDS = ("label", "image_id")
+
+
+def _row_meta(batch: dict[str, Any], i: int) -> dict[str, Any]:
+    """The metadata fields the trainers use: parquet columns, or keys of the webdataset `.json` member
+    (parsed once per row)."""
+    if any(name in batch for name in META_FIELDS):
+        return {name: batch[name][i] for name in META_FIELDS if name in batch}
     if "json" in batch and batch["json"][i] is not None:
         try:
-            return int(json.loads(_as_text(batch["json"][i])).get("label", -1))
-        except (ValueError, TypeError):
-            return -1
-    return -1
+            meta = json.loads(_as_text(batch["json"][i]))
+            return meta if isinstance(meta, dict) else {}
+        except ValueError:
+            return {}
+    return {}
+
+
+def _label(meta: dict[str, Any]) -> int:
+    try:
+        return int(meta.get("label", -1)) if meta.get("label") is not None else -1
+    except (TypeError, ValueError):
+        return -1
+
+
+def stable_id(text: str) -> int:
+    """A process-independent int64 for a string (Python's hash() is salted per process)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+def _image_id(meta: dict[str, Any], key: str) -> int:
+    """Rows of the same image (a captions CSV gives several) share `image_id`; otherwise each row is its own."""
+    image_id = meta.get("image_id")
+    return stable_id(str(image_id) if image_id is not None else f"key:{key}")
 
 
 def _keys(batch: dict[str, Any], n: int) -> list[str]:
@@ -54,6 +84,19 @@ def _keys(batch: dict[str, Any], n: int) -> list[str]:
 
 def describe_columns(batch: dict[str, Any]) -> str:
     return ", ".join(sorted(batch.keys()))
+
+
+def source_paths(batch: dict[str, Any]) -> str:
+    """The shard files a batch came from (webdataset rows carry `__url__`, parquet rows `path` when
+    read with include_paths), for error messages."""
+    col = batch.get("__url__", batch.get("path"))
+    if col is None:
+        return "unknown shards"
+    return ", ".join(sorted({str(p) for p in col})[:3])
+
+
+class DataError(ValueError):
+    """Shards that cannot give a single usable sample. The message names the files and what was found."""
 
 
 class BatchDecoder:
@@ -66,7 +109,8 @@ class BatchDecoder:
     """
 
     def __init__(self, *, tokenizer, image_size: int, context_length: int, train: bool,
-                 aug_scale_min: float = 0.9, seed: int = 0, with_keys: bool = False):
+                 aug_scale_min: float = 0.9, seed: int = 0, with_keys: bool = False,
+                 fail_after_bad: int | None = None):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.context_length = context_length
@@ -75,19 +119,21 @@ class BatchDecoder:
         self.rng = np.random.default_rng(seed)
         self.with_keys = with_keys
         self.skipped: Counter[str] = Counter()
+        self.fail_after_bad = fail_after_bad
+        self.seen = self.kept = 0
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         image_col = _first_present(batch, IMAGE_KEYS)
         text_col = _first_present(batch, TEXT_KEYS)
         if image_col is None or text_col is None:
             # Wrong member names (e.g. `input.jpg` -> column `input.jpg`): no sample can be usable.
-            raise KeyError(
-                f"shard rows have columns [{describe_columns(batch)}]; expected an image column "
-                f"{list(IMAGE_KEYS)} and a caption column {list(TEXT_KEYS)} (img2dataset layout)"
+            raise DataError(
+                f"shards {source_paths(batch)} have keys [{describe_columns(batch)}]; expected an image "
+                f"{list(IMAGE_KEYS)} and a caption {list(TEXT_KEYS)} per sample (img2dataset layout)"
             )
         n = len(batch[image_col])
         keys = _keys(batch, n)
-        images, texts, labels, kept = [], [], [], []
+        images, texts, labels, image_ids, kept = [], [], [], [], []
         for i in range(n):
             image = self._image(batch[image_col][i])
             text = _as_text(batch[text_col][i])
@@ -99,13 +145,24 @@ class BatchDecoder:
                 continue
             images.append(image)
             texts.append(text)
-            labels.append(_label(batch, i))
+            meta = _row_meta(batch, i)
+            labels.append(_label(meta))
+            image_ids.append(_image_id(meta, keys[i]))
             kept.append(keys[i])
-        return self._columns(images, texts, labels, kept)
+        self._check_usable(n, len(kept), batch)
+        return self._columns(images, texts, labels, image_ids, kept)
+
+    def _check_usable(self, seen: int, kept: int, batch: dict[str, Any]) -> None:
+        """Stop within one batch or so when nothing decodes, instead of streaming an epoch of garbage."""
+        self.seen += seen
+        self.kept += kept
+        if self.fail_after_bad and self.kept == 0 and self.seen >= self.fail_after_bad:
+            raise DataError(f"no usable sample among the first {self.seen} read from shards {source_paths(batch)}: "
+                            f"skipped {dict(self.skipped)}")
 
     def _image(self, data: Any) -> np.ndarray | None:
-        if data is None or len(data) == 0:
-            return None
+        if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)) or len(data) == 0:
+            return None  # missing member (None/NaN) or empty file
         try:
             img = decode_image(bytes(data))
         except ValueError:
@@ -114,7 +171,7 @@ class BatchDecoder:
             return train_transform(img, size=self.image_size, rng=self.rng, scale=self.scale)
         return eval_transform(img, size=self.image_size)
 
-    def _columns(self, images, texts, labels, keys) -> dict[str, np.ndarray]:
+    def _columns(self, images, texts, labels, image_ids, keys) -> dict[str, np.ndarray]:
         size = self.image_size
         tokens = tokenize(self.tokenizer, texts, context_length=self.context_length) if texts else {
             "input_ids": np.zeros((0, self.context_length), np.int64),
@@ -125,6 +182,7 @@ class BatchDecoder:
             columns.INPUT_IDS: tokens["input_ids"],
             columns.ATTENTION_MASK: tokens["attention_mask"],
             columns.LABEL: np.asarray(labels, dtype=np.int64),
+            columns.IMAGE_ID: np.asarray(image_ids, dtype=np.int64),
         }
         if self.with_keys:
             out[columns.KEY] = np.asarray(keys, dtype=object)

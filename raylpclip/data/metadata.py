@@ -4,6 +4,7 @@ finding the class names of a labelled eval set before any worker starts."""
 from __future__ import annotations
 
 import json
+import logging
 import tarfile
 from typing import Iterator, Sequence
 
@@ -12,14 +13,20 @@ import pyarrow.parquet as pq
 
 from raylpclip.data.decode import IMAGE_KEYS, TEXT_KEYS
 
+log = logging.getLogger(__name__)
+
 
 def _tar_members(path: str) -> Iterator[tuple[str, str, bytes]]:
-    """(sample key, extension, bytes) for each regular member, streaming."""
-    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for info in tar:
-            if info.isreg() and "." in info.name:
-                key, ext = info.name.split(".", 1)
-                yield key, ext, tar.extractfile(info).read()
+    """(sample key, extension, bytes) for each regular member, streaming. A damaged tar gives what was
+    readable before the damage (the training pipeline skips and counts it the same way)."""
+    try:
+        with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+            for info in tar:
+                if info.isreg() and "." in info.name:
+                    key, ext = info.name.split(".", 1)
+                    yield key, ext, tar.extractfile(info).read()
+    except tarfile.TarError as exc:
+        log.warning("shard %s is not a readable tar past this point: %s", path, exc)
 
 
 def iter_records(paths: Sequence[str], *, fmt: str) -> Iterator[dict]:

@@ -212,6 +212,15 @@ def list_shards(path: str, fmt: str) -> list[str]:
     check_fmt(fmt)
     ext = ".tar" if fmt == "webdataset" else ".parquet"
     patterns = _expand_braces(path)
+    try:
+        return _list_shards(patterns, path, fmt, ext)
+    except (FileNotFoundError, ValueError):
+        raise
+    except Exception as exc:  # unreachable endpoint, denied access, ...: one line naming the place
+        raise ConnectionError(f"cannot list shards at {path!r}: {type(exc).__name__}: {exc}") from None
+
+
+def _list_shards(patterns: list[str], path: str, fmt: str, ext: str) -> list[str]:
     fs, _ = fsspec.core.url_to_fs(patterns[0])
     found: set[str] = set()
     literal: dict[str, set[str]] = {}

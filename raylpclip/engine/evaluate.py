@@ -8,7 +8,7 @@ import torch
 
 from raylpclip import columns
 from raylpclip.engine.loop import autocast
-from raylpclip.eval.metrics import classification_metrics
+from raylpclip.eval.metrics import classification_metrics, retrieval_metrics
 from raylpclip.models.clip import normalize_images
 
 
@@ -36,3 +36,33 @@ def zeroshot_evaluate(tower, classifier: torch.Tensor, batches: Iterable[dict[st
     metrics = classification_metrics(torch.cat(logits), labels_t)
     metrics["eval_samples"] = float(labels_t.numel())
     return {k: float(v) for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def retrieval_evaluate(tower, batches: Iterable[dict[str, torch.Tensor]], *, device: torch.device,
+                       precision: str = "fp32", ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+    """Image<->text retrieval recall@k over an eval set of image-caption rows. Rows sharing an
+    `image_id` (several captions of one photo) are one image with several correct texts."""
+    was_training = tower.training
+    tower.eval()
+    image_feats, text_feats, image_ids = [], [], []
+    try:
+        for batch in batches:
+            images = normalize_images(batch[columns.IMAGE].to(device))
+            with autocast(precision, device):
+                image_feats.append(tower.encode_image(images).float())
+                text_feats.append(tower.encode_text(batch[columns.INPUT_IDS].to(device),
+                                                    batch[columns.ATTENTION_MASK].to(device)).float())
+            image_ids.append(batch[columns.IMAGE_ID])
+    finally:
+        tower.train(was_training)
+    if not text_feats:
+        raise RuntimeError("the eval set yielded no samples")
+    ids = torch.cat(image_ids)
+    unique, text_to_image = torch.unique(ids, return_inverse=True)
+    first_row = torch.full((unique.numel(),), ids.numel(), dtype=torch.long)
+    first_row.scatter_reduce_(0, text_to_image, torch.arange(ids.numel()), reduce="amin")
+    images = torch.cat(image_feats)[first_row.to(device)]
+    metrics = retrieval_metrics(images, torch.cat(text_feats), text_to_image, ks=ks)
+    metrics.update(eval_images=float(unique.numel()), eval_texts=float(ids.numel()))
+    return metrics

@@ -2,30 +2,57 @@
 
 from __future__ import annotations
 
+from collections import Counter
+
 import ray
 from ray.data import Dataset, FileShuffleConfig
 
-from raylpclip.config import DataConfig
+from raylpclip.config import DataConfig, S3Config, SourceConfig
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.shards import resolve_shards
+from raylpclip.data.storage import arrow_filesystem
+from raylpclip.runtime.webdataset import TolerantWebDatasetDatasource
 
 
-def read_shards(paths: list[str], *, fmt: str, shuffle_seed: int | None = None) -> Dataset:
-    """Stream img2dataset shards. Shard order is reshuffled every epoch when a seed is given."""
+def read_shards(paths: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
+                counter=None) -> Dataset:
+    """Stream img2dataset shards. Shard order is reshuffled every epoch when a seed is given. Rows keep
+    the path of their shard (`__url__` / `path`) so that errors can name it."""
     shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
+    filesystem = arrow_filesystem(paths, s3 or S3Config())
     if fmt == "webdataset":
-        # decoder=None: members stay bytes; nothing from a shard is ever unpickled or torch.loaded.
-        return ray.data.read_webdataset(paths, decoder=None, shuffle=shuffle)
-    return ray.data.read_parquet(paths, shuffle=shuffle)
+        return ray.data.read_datasource(TolerantWebDatasetDatasource(
+            paths, counter=counter, filesystem=filesystem, shuffle=shuffle))
+    return ray.data.read_parquet(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True)
 
 
-def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: bool = False) -> Dataset:
+class CountingDecoder(BatchDecoder):
+    """BatchDecoder that reports its skips to the run's SkipCounter after each batch that had any."""
+
+    def __init__(self, *, counter=None, **kwargs):
+        super().__init__(**kwargs)
+        self.counter = counter
+        self.reported: Counter[str] = Counter()
+
+    def __call__(self, batch):
+        try:
+            return super().__call__(batch)
+        finally:
+            delta = self.skipped - self.reported
+            if delta and self.counter is not None:
+                self.counter.add.remote(dict(delta))
+                self.reported = self.skipped.copy()
+
+
+def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: bool = False,
+            counter=None) -> Dataset:
     """Decode/augment/tokenize in an autoscaling pool of CPU actors (one tokenizer per actor)."""
     return ds.map_batches(
-        BatchDecoder,
+        CountingDecoder,
         fn_constructor_kwargs=dict(
             tokenizer=tokenizer, image_size=cfg.image_size, context_length=cfg.context_length,
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
+            fail_after_bad=cfg.fail_after_bad, counter=counter,
         ),
         batch_size=cfg.decode_batch_size,
         num_cpus=cfg.decode_cpus,
@@ -33,12 +60,22 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
     )
 
 
-def train_dataset(cfg: DataConfig, *, tokenizer) -> Dataset:
-    files, fmt = resolve_shards(cfg.train, cfg.format)
-    return decoded(read_shards(files, fmt=fmt, shuffle_seed=cfg.shuffle_seed), cfg=cfg, tokenizer=tokenizer, train=True)
+def source_dataset(src: SourceConfig, cfg: DataConfig, *, tokenizer, counter=None) -> Dataset:
+    files, fmt = resolve_shards(src.path, src.format)
+    ds = read_shards(files, fmt=fmt, s3=cfg.s3, shuffle_seed=cfg.shuffle_seed, counter=counter)
+    return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter)
 
 
-def eval_dataset(cfg: DataConfig, *, tokenizer) -> Dataset:
+def train_datasets(cfg: DataConfig, *, tokenizer, counter=None) -> dict[str, Dataset]:
+    """{"train": ds} for one source; {"train_0": ds, "train_1": ...} for a weighted mix (workers draw
+    each batch's rows from the sources in proportion to their weights, see runtime/mixing.py)."""
+    sources = cfg.train_sources()
+    if len(sources) == 1:
+        return {"train": source_dataset(sources[0], cfg, tokenizer=tokenizer, counter=counter)}
+    return {f"train_{i}": source_dataset(s, cfg, tokenizer=tokenizer, counter=counter) for i, s in enumerate(sources)}
+
+
+def eval_dataset(cfg: DataConfig, *, tokenizer, counter=None) -> Dataset:
     files, fmt = resolve_shards(cfg.eval, cfg.format)
-    ds = read_shards(files, fmt=fmt).limit(cfg.eval_max_samples)
-    return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=False)
+    ds = read_shards(files, fmt=fmt, s3=cfg.s3, counter=counter).limit(cfg.eval_max_samples)
+    return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=False, counter=counter)

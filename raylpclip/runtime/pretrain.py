@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
@@ -10,21 +12,41 @@ from ray.train.torch import TorchTrainer
 
 from raylpclip.config import PretrainConfig, save_config, to_dict
 from raylpclip.data.metadata import label_names, sample_captions
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.decode import DataError
+from raylpclip.data.shards import read_stats, resolve_shards
+from raylpclip.data.storage import configure_s3
 from raylpclip.engine.checkpoint import load_state
 from raylpclip.models.clip import export_clip
 from raylpclip.models.factory import build_tower
 from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
-from raylpclip.runtime.datasets import eval_dataset, train_dataset
+from raylpclip.runtime import skips
+from raylpclip.runtime.datasets import eval_dataset, train_datasets
 from raylpclip.runtime.pretrain_worker import pretrain_worker
 from raylpclip.runtime.session import ensure_ray
 from raylpclip.summary import write_summary
 
 SUMMARY_KEYS = ("acc1", "acc5", "mean_per_class_recall", "loss", "logit_scale", "psd_alpha", "step",
-                "samples_seen", "data_wait_fraction", "eval_samples")
+                "samples_seen", "data_wait_fraction", "eval_samples", "epoch", "eval_images", "eval_texts")
 
 
-def prepare_tokenizer(cfg: PretrainConfig, train_files: list[str], fmt: str):
+@dataclass
+class TrainData:
+    """What the driver learns about the training shards before Ray starts."""
+
+    files: dict[str, list[str]]  # source path -> shard files
+    formats: dict[str, str]
+    samples: int | None  # from the img2dataset `_stats.json` files, when every shard has one
+
+
+def inspect_train_data(cfg: PretrainConfig) -> TrainData:
+    files, formats = {}, {}
+    for src in cfg.data.train_sources():
+        files[src.path], formats[src.path] = resolve_shards(src.path, src.format)
+    counts = [read_stats(f) for f in files.values()]
+    return TrainData(files, formats, None if None in counts else sum(counts))
+
+
+def prepare_tokenizer(cfg: PretrainConfig, data: TrainData):
     """The configured tokenizer, the one this run already trained (so a resumed run reuses it), or a new
     BPE trained on a sample of the training captions."""
     if cfg.model.tokenizer:
@@ -34,20 +56,32 @@ def prepare_tokenizer(cfg: PretrainConfig, train_files: list[str], fmt: str):
         return load_tokenizer(cfg.model.pretrained)
     if run_tok.is_dir():
         return load_tokenizer(str(run_tok))
-    captions = sample_captions(train_files, fmt=fmt, limit=cfg.model.tokenizer_samples)
+    per_source = max(1, cfg.model.tokenizer_samples // len(data.files))
+    captions = [c for path, files in data.files.items()
+                for c in sample_captions(files, fmt=data.formats[path], limit=per_source)]
     if not captions:
-        raise ValueError(f"no captions found in training shards {cfg.data.train!r} to train a tokenizer on")
+        raise ValueError(f"no captions found in training shards {list(data.files)} to train a tokenizer on")
     return train_tokenizer(captions, vocab_size=cfg.model.vocab_size, out_dir=str(run_tok))
 
 
-def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str]) -> TorchTrainer:
-    datasets = {"train": train_dataset(cfg.data, tokenizer=tokenizer)}
-    if classnames:
-        datasets["eval"] = eval_dataset(cfg.data, tokenizer=tokenizer)
+def eval_classnames(cfg: PretrainConfig) -> list[str]:
+    """Zero-shot classes: configured, or the eval shards' label names; none means a retrieval eval set."""
+    if cfg.eval.classnames or not cfg.data.eval:
+        return list(cfg.eval.classnames)
+    files, fmt = resolve_shards(cfg.data.eval, cfg.data.format)
+    return label_names(files, fmt=fmt)
+
+
+def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter) -> TorchTrainer:
+    datasets = train_datasets(cfg.data, tokenizer=tokenizer, counter=counter)
+    train_names = list(datasets)
+    if cfg.data.eval:
+        datasets["eval"] = eval_dataset(cfg.data, tokenizer=tokenizer, counter=counter)
     storage = cfg.ray.storage_path or str(Path(cfg.output_dir).resolve())
     return TorchTrainer(
         pretrain_worker,
-        train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "classnames": classnames},
+        train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "classnames": classnames,
+                           "counter": counter, "train_samples": data.samples},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker},
@@ -62,8 +96,33 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str]) -> T
         ),
         datasets=datasets,
         # The eval set goes whole to every worker (rank 0 evaluates); only training data is split.
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=train_names),
     )
+
+
+def _data_error_line(exc: BaseException) -> str | None:
+    """Our DataError's message, found in a worker failure (Ray wraps it in task/UDF errors and
+    truncates the combined message, so look at each worker's exception and its causes)."""
+    failures = list(getattr(exc, "worker_failures", {}).values()) + [exc]
+    for failure in failures:
+        seen = 0
+        while failure is not None and seen < 10:
+            found = re.search(r"DataError: (.+)", str(failure))
+            if found:
+                return found.group(1).strip()
+            failure, seen = failure.__cause__ or failure.__context__, seen + 1
+    return None
+
+
+def fit(trainer: TorchTrainer, name: str):
+    """trainer.fit(), with a data error from deep inside a worker's pipeline raised as one clear line."""
+    try:
+        return trainer.fit()
+    except ray.train.TrainingFailedError as exc:
+        line = _data_error_line(exc)
+        if line:
+            raise DataError(f"run {name} stopped: {line}") from None
+        raise
 
 
 def export_checkpoint(cfg: PretrainConfig, checkpoint, *, tokenizer, out_dir: Path) -> Path:
@@ -81,22 +140,24 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     run_dir = cfg.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    train_files, train_fmt = resolve_shards(cfg.data.train, cfg.data.format)
-    tokenizer = prepare_tokenizer(cfg, train_files, train_fmt)
-    classnames = list(cfg.eval.classnames)
-    if not classnames and cfg.data.eval:
-        eval_files, eval_fmt = resolve_shards(cfg.data.eval, cfg.data.format)
-        classnames = label_names(eval_files, fmt=eval_fmt)
-    print(f"[raylpclip] run {cfg.name}: {len(train_files)} training shards, {len(classnames)} eval classes, "
+    configure_s3(cfg.data.s3)
+    data = inspect_train_data(cfg)
+    tokenizer = prepare_tokenizer(cfg, data)
+    classnames = eval_classnames(cfg)
+    size = f"{data.samples} samples in " if data.samples else ""
+    evaluation = f"{len(classnames)} eval classes" if classnames else ("retrieval eval" if cfg.data.eval else "no eval")
+    print(f"[raylpclip] run {cfg.name}: {size}{sum(map(len, data.files.values()))} training shards, {evaluation}, "
           f"{cfg.train.num_workers} workers, {cfg.train.steps} steps of {cfg.train.batch_size}", flush=True)
 
     ensure_ray(cfg.ray)
-    result = build_trainer(cfg, tokenizer=tokenizer, classnames=classnames).fit()
+    counter = skips.new_counter()
+    trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=classnames, data=data, counter=counter)
+    result = fit(trainer, cfg.name)
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.name} finished without a checkpoint; see the worker logs above")
     model_dir = export_checkpoint(cfg, result.checkpoint, tokenizer=tokenizer, out_dir=run_dir / "model")
     metrics = result.metrics or {}
-    summary = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
+    summary = {k: v for k, v in metrics.items() if k in SUMMARY_KEYS or "retrieval_recall@" in k}
     summary.update(
         num_classes=len(classnames),
         samples_per_s=metrics.get("train_samples_per_s"),
@@ -105,6 +166,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         model_dir=str(model_dir.resolve()),
         checkpoint=result.checkpoint.path,
         chance_acc1=1.0 / len(classnames) if classnames else None,
+        train_samples=data.samples,
+        skipped=skips.totals(counter),
     )
     write_summary(run_dir, summary)
     return summary

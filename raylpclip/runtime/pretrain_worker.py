@@ -12,16 +12,18 @@ import ray.train.torch
 import torch
 
 from raylpclip.config import PretrainConfig, from_dict
+from raylpclip.data.mixing import mix_batches
 from raylpclip.engine.checkpoint import load_state, save_state
-from raylpclip.engine.evaluate import zeroshot_evaluate
+from raylpclip.engine.evaluate import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
 from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.models.factory import build_tower
+from raylpclip.runtime import skips
 
 
-def batch_stream(shard, *, micro_batch: int, cfg: PretrainConfig) -> Iterator[dict]:
+def batch_stream(shard, *, micro_batch: int, cfg: PretrainConfig, source: str = "") -> Iterator[dict]:
     """Endless stream of fixed-size batches from this worker's shard, one Ray Data epoch after another.
 
     drop_last keeps every worker's batch the same size: the gathered loss needs equal shapes.
@@ -38,19 +40,32 @@ def batch_stream(shard, *, micro_batch: int, cfg: PretrainConfig) -> Iterator[di
             yield batch
         if produced == 0:
             raise RuntimeError(
-                f"training data {cfg.data.train!r} gave worker no full batch of {micro_batch} samples in an "
+                f"training data {source or cfg.data.train!r} gave worker no full batch of {micro_batch} samples in an "
                 "epoch: too few usable samples for train.batch_size and train.num_workers"
             )
         epoch += 1
+
+
+def train_batches(cfg: PretrainConfig, *, micro_batch: int, rank: int) -> Iterator[dict]:
+    """This worker's batches: its shard of the one training set, or a weighted mix of its shards of
+    several (`data.sources`)."""
+    sources = cfg.data.train_sources()
+    if len(sources) == 1:
+        return batch_stream(ray.train.get_dataset_shard("train"), micro_batch=micro_batch, cfg=cfg)
+    streams = [batch_stream(ray.train.get_dataset_shard(f"train_{i}"), micro_batch=micro_batch, cfg=cfg, source=s.path)
+               for i, s in enumerate(sources)]
+    return mix_batches(streams, [s.weight for s in sources], batch_size=micro_batch, seed=cfg.data.shuffle_seed + rank)
 
 
 class RayHooks:
     """LoopHooks for Ray Train: progress lines, zero-shot eval, checkpoints through ray.train.report."""
 
     def __init__(self, *, task: PretrainTask, optimizer, scheduler, cfg: PretrainConfig, tokenizer,
-                 classnames: list[str], device: torch.device, start: LoopState):
+                 classnames: list[str], device: torch.device, start: LoopState, counter=None,
+                 train_samples: int | None = None):
         self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
         self.cfg, self.tokenizer, self.classnames, self.device = cfg, tokenizer, classnames, device
+        self.counter, self.train_samples = counter, train_samples
         self.rank = ray.train.get_context().get_world_rank()
         self.start_samples, self.start_time = start.samples_seen, time.perf_counter()
         self.reported_final = False
@@ -59,9 +74,12 @@ class RayHooks:
         elapsed = time.perf_counter() - self.start_time
         metrics = dict(metrics, step=state.step, samples_seen=state.samples_seen,
                        train_samples_per_s=(state.samples_seen - self.start_samples) / max(elapsed, 1e-9))
-        if evaluate and self.rank == 0 and self.classnames:
-            metrics.update(self._zeroshot())
+        if evaluate and self.rank == 0 and self.cfg.data.eval:
+            metrics.update(self._evaluate())
+        if self.train_samples:
+            metrics["epoch"] = state.samples_seen / self.train_samples
         if self.rank == 0:
+            metrics.update({f"skipped_{k}": v for k, v in skips.totals(self.counter).items()})
             self._print(state, metrics)
         if save and self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
@@ -71,11 +89,14 @@ class RayHooks:
             ray.train.report(metrics, checkpoint=None)
         self.reported_final |= final
 
-    def _zeroshot(self) -> dict:
+    def _evaluate(self) -> dict:
+        """Zero-shot classification on a labelled eval set; retrieval recall@k on a captioned one."""
         tower = unwrap(self.task.model)
+        batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=self.cfg.eval.batch_size)
+        if not self.classnames:
+            return retrieval_evaluate(tower, batches, device=self.device, precision=self.cfg.train.precision)
         classifier = zeroshot_classifier(tower, self.tokenizer, self.classnames, self.cfg.eval.templates,
                                          context_length=self.cfg.data.context_length, device=self.device)
-        batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=self.cfg.eval.batch_size)
         return zeroshot_evaluate(tower, classifier, batches, device=self.device, precision=self.cfg.train.precision)
 
     def _save(self, state: LoopState, directory: str) -> None:
@@ -88,8 +109,16 @@ class RayHooks:
         line = (f"[raylpclip] step {state.step}/{self.cfg.train.steps} loss {m.get('loss', float('nan')):.4f} "
                 f"a_t {m.get('psd_alpha', 0):.3f} scale {m.get('logit_scale', 0):.1f} lr {m.get('lr', 0):.2e} "
                 f"{m.get('samples_per_s', 0):.0f} samples/s data-wait {100 * m.get('data_wait_fraction', 0):.1f}%")
+        if "epoch" in m:
+            line += f" epoch {m['epoch']:.2f}"
+        skipped = {k[len("skipped_"):]: v for k, v in m.items() if k.startswith("skipped_")}
+        if skipped:
+            line += f" skipped {skipped}"
         if "acc1" in m:
             line += f" | zero-shot acc1 {m['acc1']:.3f} acc5 {m['acc5']:.3f}"
+        if "image_retrieval_recall@5" in m:
+            line += (f" | retrieval R@5 image {m['image_retrieval_recall@5']:.3f} "
+                     f"text {m['text_retrieval_recall@5']:.3f}")
         progress(line)
 
 
@@ -130,9 +159,10 @@ def pretrain_worker(loop_config: dict) -> None:
         progress(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen)")
 
     micro = cfg.train.batch_size // (world * cfg.optim.accum_steps)
-    batches = batch_stream(ray.train.get_dataset_shard("train"), micro_batch=micro, cfg=cfg)
+    batches = train_batches(cfg, micro_batch=micro, rank=rank)
     hooks = RayHooks(task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, tokenizer=tokenizer,
-                     classnames=loop_config["classnames"], device=device, start=state)
+                     classnames=loop_config["classnames"], device=device, start=state,
+                     counter=loop_config.get("counter"), train_samples=loop_config.get("train_samples"))
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
              train=cfg.train, optim=cfg.optim, hooks=hooks, device=device)
     if not hooks.reported_final:  # re-run of a finished run: nothing to train, still report the result

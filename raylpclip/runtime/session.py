@@ -20,9 +20,9 @@ def ensure_ray(cfg: RayConfig) -> None:
     """
     if ray.is_initialized():
         return
-    # Token auth on whatever Ray's default is (2.60 turns it on for local clusters only); an explicit
-    # RAY_AUTH_MODE from the user or the cluster definition still wins.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Token auth: Ray >= 2.59 turns it on for local instances by itself and writes the token to
+    # ~/.ray/auth_token. Setting RAY_AUTH_MODE here would come too late: `import ray` has already read
+    # it, and a client and GCS that disagree about auth cannot talk.
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         ray.init(address=address, log_to_driver=True)

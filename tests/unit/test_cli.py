@@ -50,3 +50,15 @@ def test_tokenizer_from_clip_bpe(shared_data, tmp_path):
     assert out.returncode == 0, out.stderr
     # openai/CLIP's simple_tokenizer gives these ids for "a photo of a dog." (49406/49407: start/end).
     assert "[49406, 320, 1125, 539, 320, 1929, 269, 49407" in out.stdout
+
+
+def test_unreachable_bucket_fails_fast_with_one_line(tmp_path):
+    import time
+
+    started = time.monotonic()
+    out = _run("pretrain", "data.train=s3://no-such-bucket/shards/{00000..00009}.tar", f"output_dir={tmp_path}",
+               "data.s3.endpoint_url=http://127.0.0.1:9", "data.s3.connect_timeout=1", "data.s3.max_attempts=1")
+    assert out.returncode == 1, out.stderr
+    assert "cannot list shards at 's3://no-such-bucket/shards/{00000..00009}.tar'" in out.stderr
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert time.monotonic() - started < 60

@@ -1,0 +1,106 @@
+"""BatchDecoder: the rows Ray Data hands to map_batches in both img2dataset layouts, and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from raylpclip import columns
+from raylpclip.data.decode import BatchDecoder, DataError, stable_id
+from raylpclip.data.synthetic import SyntheticSpec, generate_samples
+from raylpclip.models.tokenizer import train_tokenizer
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return list(generate_samples(6, spec=SyntheticSpec(image_size=24), seed=0))
+
+
+@pytest.fixture(scope="module")
+def tokenizer(samples, tmp_path_factory):
+    return train_tokenizer([s.caption for s in samples] * 5, vocab_size=300, out_dir=str(tmp_path_factory.mktemp("tok")))
+
+
+def _decoder(tokenizer, **kw):
+    return BatchDecoder(tokenizer=tokenizer, image_size=16, context_length=12, train=False, **kw)
+
+
+def _wds_batch(samples, metas=None):
+    """Rows as read_webdataset(decoder=None) gives them: bytes members, plus the shard URL."""
+    metas = metas or [s.meta for s in samples]
+    return {
+        "__key__": np.array([f"{i:09d}" for i in range(len(samples))], dtype=object),
+        "jpg": np.array([s.jpg for s in samples], dtype=object),
+        "txt": np.array([s.caption.encode() for s in samples], dtype=object),
+        "json": np.array([json.dumps(m).encode() for m in metas], dtype=object),
+        "__url__": np.array(["/data/00003.tar"] * len(samples), dtype=object),
+    }
+
+
+def test_webdataset_rows_decode_to_training_columns(samples, tokenizer):
+    out = _decoder(tokenizer)(_wds_batch(samples))
+    assert out[columns.IMAGE].shape == (6, 3, 16, 16) and out[columns.IMAGE].dtype == np.uint8
+    assert out[columns.INPUT_IDS].shape == out[columns.ATTENTION_MASK].shape == (6, 12)
+    assert out[columns.LABEL].tolist() == [s.meta["label"] for s in samples]
+    assert len(set(out[columns.IMAGE_ID].tolist())) == 6  # no image_id: every row its own image
+
+
+def test_rows_of_one_image_share_image_id(samples, tokenizer):
+    metas = [{"image_id": "a.jpg"}, {"image_id": "a.jpg"}, {"image_id": "b.jpg"}]
+    out = _decoder(tokenizer)(_wds_batch(samples[:3], metas))
+    ids = out[columns.IMAGE_ID].tolist()
+    assert ids[0] == ids[1] == stable_id("a.jpg") != ids[2]
+    assert out[columns.LABEL].tolist() == [-1, -1, -1]
+
+
+def test_corrupt_image_and_missing_caption_are_skipped_and_counted(samples, tokenizer):
+    batch = _wds_batch(samples)
+    batch["jpg"][1] = b"\xff\xd8 not really a jpeg"
+    batch["jpg"][2] = b""
+    batch["txt"][4] = b"   "
+    batch["txt"][5] = float("nan")  # how a webdataset sample without a .txt member arrives
+    batch["jpg"][0] = float("nan")  # ... and one without a .jpg
+    decoder = _decoder(tokenizer, with_keys=True)
+    out = decoder(batch)
+    assert out[columns.KEY].tolist() == ["000000003"]
+    assert dict(decoder.skipped) == {"bad_image": 3, "no_caption": 2}
+
+
+def test_parquet_rows_with_null_image_skip(samples, tokenizer):
+    batch = {
+        "key": np.array(["0", "1", "2"], dtype=object),
+        "jpg": np.array([samples[0].jpg, None, samples[2].jpg], dtype=object),
+        "txt": np.array([s.caption for s in samples[:3]], dtype=object),
+        "label": np.array([3, 4, 5]),
+        "path": np.array(["s3://b/00000.parquet"] * 3, dtype=object),
+    }
+    decoder = _decoder(tokenizer)
+    out = decoder(batch)
+    assert out[columns.LABEL].tolist() == [3, 5] and decoder.skipped == {"bad_image": 1}
+
+
+def test_wrong_member_names_name_the_shard_and_the_keys_found(samples, tokenizer):
+    batch = _wds_batch(samples)
+    batch["input.jpg"] = batch.pop("jpg")
+    with pytest.raises(DataError, match=r"/data/00003\.tar have keys \[__key__, __url__, input\.jpg, json, txt\]"):
+        _decoder(tokenizer)(batch)
+
+
+def test_no_usable_sample_stops_after_the_threshold(samples, tokenizer):
+    batch = _wds_batch(samples)
+    batch["jpg"] = np.array([b"garbage"] * 6, dtype=object)
+    decoder = _decoder(tokenizer, fail_after_bad=10)
+    assert decoder(batch)[columns.IMAGE].shape == (0, 3, 16, 16)  # 6 seen: not yet
+    with pytest.raises(DataError, match=r"no usable sample among the first 12 .*/data/00003\.tar.*'bad_image': 12"):
+        decoder(batch)
+
+
+def test_one_good_sample_keeps_the_run_going(samples, tokenizer):
+    batch = _wds_batch(samples)
+    batch["jpg"] = np.array([samples[0].jpg] + [b"garbage"] * 5, dtype=object)
+    decoder = _decoder(tokenizer, fail_after_bad=4)
+    for _ in range(3):
+        assert decoder(batch)[columns.IMAGE].shape[0] == 1
+    assert decoder.skipped == {"bad_image": 15}
