@@ -1,0 +1,118 @@
+"""The regular members of a tar stream, as `tarfile`'s stream mode yields them, four times faster.
+
+`tarfile` spends ~35 us of Python per member (header objects, pax/GNU dispatch, buffered stream
+bookkeeping); a webdataset sample is three members, which at 64 px costs half as much as decoding its
+JPEG. The shards img2dataset and our writer produce are plain ustar/GNU archives of regular files,
+whose 512-byte headers need only a name, a size, a type and a checksum. Those are parsed here; at
+the first header that is anything else (pax or GNU long-name records, links, sparse files,
+compressed input, damage) the rest of the stream goes to `tarfile` itself, so every archive gives the
+same members and the same errors as `tarfile.open(fileobj=stream, mode="r|*")`.
+
+One difference by design: a header whose checksum is right is trusted for its name, size and type;
+`tarfile` would also reject one whose mode, uid or mtime field is not octal, which no writer emits
+and no corruption produces without breaking the checksum.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import tarfile
+from typing import BinaryIO, Iterator
+
+BLOCK = 512
+REGULAR = (b"0", b"\0", b"7")  # tarfile.REGULAR_TYPES: what `TarInfo.isreg()` accepts
+DIRECTORY = b"5"
+POSIX_MAGIC = b"ustar\x0000"  # ustar/pax headers: the name may continue in the prefix field
+
+
+class _Prepended(io.RawIOBase):
+    """A read-only stream: `head`, then the rest of `stream` (how tarfile gets a header already read)."""
+
+    def __init__(self, head: bytes, stream: BinaryIO):
+        self.head, self.stream = head, stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        if self.head:
+            n = min(len(buffer), len(self.head))
+            buffer[:n], self.head = self.head[:n], self.head[n:]
+            return n
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def _nts(field: bytes) -> bytes:
+    """tarfile's nts: the field up to its first NUL."""
+    end = field.find(b"\0")
+    return field if end < 0 else field[:end]
+
+
+def _octal(field: bytes) -> int | None:
+    try:
+        return int(_nts(field).strip() or b"0", 8)
+    except ValueError:
+        return None  # base-256 sizes and garbage: tarfile's to judge
+
+
+def _plain(header: bytes) -> tuple[str, int, bytes] | None:
+    """(name, size, type) of a checksummed header of a regular file or directory, else None."""
+    kind = header[156:157]
+    if kind not in REGULAR and kind != DIRECTORY:
+        return None
+    size, checksum = _octal(header[124:136]), _octal(header[148:156])
+    if size is None or checksum != 256 + sum(header) - sum(header[148:156]):
+        return None  # (tarfile also accepts a signed-byte checksum: it decides those)
+    name = _nts(header[:100])
+    if header[257:265] == POSIX_MAGIC and header[345] != 0:
+        name = _nts(header[345:500]) + b"/" + name
+    text = name.decode("utf-8", "surrogateescape")
+    if kind == b"\0" and text.endswith("/"):
+        kind = DIRECTORY  # tarfile reads an old-style regular file named "x/" as a directory
+    return text, size, kind
+
+
+def _with_tarfile(head: bytes, stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    with tarfile.open(fileobj=io.BufferedReader(_Prepended(head, stream)), mode="r|*") as tar:
+        for info in tar:
+            if info.isreg():
+                yield info.name, tar.extractfile(info).read()
+
+
+def _checksum_ok(header: bytes) -> bool:
+    """tarfile's test: the stored checksum equals the unsigned or the signed byte sum."""
+    stored = _octal(header[148:156])
+    unsigned = 256 + sum(struct.unpack_from("148B8x356B", header))
+    signed = 256 + sum(struct.unpack_from("148b8x356b", header))
+    return stored in (unsigned, signed)
+
+
+def regular_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each regular member of a tar stream, in archive order; raises tarfile.TarError
+    where `tarfile` would (truncated data, a stream that is no tar at all)."""
+    first = True
+    while True:
+        header = stream.read(BLOCK)
+        if not first and (len(header) < BLOCK or not header.strip(b"\0")):
+            return  # end of archive: tarfile stops quietly at a short or zero block after a member
+        plain = _plain(header) if len(header) == BLOCK else None
+        if plain is None:
+            # The first block, or a real header of another kind: tarfile takes over from here (it
+            # raises, stops or reads on). Garbage after a member: tarfile stops there, without an error.
+            if first or _checksum_ok(header):
+                yield from _with_tarfile(header, stream)
+            return
+        first = False
+        name, size, kind = plain
+        if kind == DIRECTORY:
+            continue  # tarfile skips no data after a directory header, whatever its size field says
+        padded = -(-size // BLOCK) * BLOCK
+        data = stream.read(padded) if padded else b""
+        if len(data) < size:
+            raise tarfile.ReadError("unexpected end of data")  # as tarfile, while reading the member
+        yield name, data[:size] if padded != size else data
+        if len(data) < padded:
+            raise tarfile.ReadError("unexpected end of data")  # as tarfile, when it moves to the next header
