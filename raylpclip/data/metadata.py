@@ -71,15 +71,15 @@ def sample_captions(paths: Sequence[str], *, fmt: str, limit: int) -> list[str]:
 
 
 def label_names(paths: Sequence[str], *, fmt: str) -> list[str]:
-    """Class names indexed by label, from the `label`/`label_name` metadata of labelled shards."""
+    """Class names indexed by label, from the `label`/`label_name` metadata of labelled shards; [] for
+    shards without labels (image-caption sets, evaluated by retrieval instead)."""
     names: dict[int, str] = {}
     for record in iter_records(paths, fmt=fmt):
         meta = record["meta"]
         if meta.get("label") is not None and meta.get("label_name"):
             names[int(meta["label"])] = str(meta["label_name"])
     if not names:
-        raise ValueError(f"no `label`/`label_name` metadata in eval shards {list(paths)[:3]}...; "
-                         "set eval.classnames or write labelled shards")
+        return []
     missing = [i for i in range(max(names) + 1) if i not in names]
     if missing:
         # Labels never seen in the eval set still need a name to be a zero-shot class.

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from raylpclip.data.sample import Sample
 from raylpclip.data.shards import write_shards
 from raylpclip.data.synthetic import SyntheticSpec, class_names, generate_samples
 
@@ -28,7 +29,16 @@ def synthetic_shards(tmp_path_factory) -> dict[str, Path]:
     write_shards(generate_samples(1500, spec=SPEC, seed=0), str(root / "wds"), samples_per_shard=500)
     write_shards(generate_samples(1500, spec=SPEC, seed=0), str(root / "parquet"), fmt="parquet", samples_per_shard=500)
     write_shards(generate_samples(720, spec=SPEC, seed=9), str(root / "eval"), samples_per_shard=720)
-    return {"webdataset": root / "wds", "parquet": root / "parquet", "eval": root / "eval"}
+    write_shards(_two_captions_each(generate_samples(120, spec=SPEC, seed=13)), str(root / "captions"),
+                 samples_per_shard=240)
+    return {"webdataset": root / "wds", "parquet": root / "parquet", "eval": root / "eval", "captions": root / "captions"}
+
+
+def _two_captions_each(samples):
+    """An unlabelled image-caption set like a captions CSV gives: two rows per image sharing `image_id`."""
+    for i, s in enumerate(samples):
+        for caption in (s.caption, f"a picture of a {s.meta['label_name']}."):
+            yield Sample(key="", jpg=s.jpg, caption=caption, meta={"image_id": f"img{i}"})
 
 
 @pytest.fixture(scope="session")
