@@ -54,6 +54,7 @@ from raylpclip.data.metadata import iter_records, sample_captions
 from raylpclip.data.shards import read_stats, resolve_shards, write_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
+from raylpclip.data.tarstream import group_samples
 from raylpclip.data.transforms import decode_image, train_transform
 from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.summary import write_summary
@@ -313,25 +314,13 @@ class TreeCpu:
 
 
 def tar_rows(path: str) -> Iterator[dict[str, Any]]:
-    """One dict per sample, `__key__`, `__url__` and one bytes entry per member extension, read with
-    `tarfile` as webdataset's loader does. Members of a sample are adjacent in an img2dataset tar; the
-    key is the member name up to the first dot of its file name (webdataset's rule)."""
-    row: dict[str, Any] = {}
+    """One dict per sample, `__key__`, `__url__` and one bytes entry per member extension, the members
+    read with `tarfile` as webdataset's own loader does (the standard route's reader, on purpose)."""
     with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-        for info in tar:
-            head, _, name = info.name.rpartition("/")
-            if not info.isreg() or "." not in name:
-                continue
-            stem, ext = name.split(".", 1)
-            key, ext = (f"{head}/{stem}" if head else stem), ext.lower()
-            if row and row["__key__"] != key:
-                yield row
-                row = {}
-            if not row:
-                row = {"__key__": key, "__url__": path}
-            row[ext] = tar.extractfile(info).read()
-    if row:
-        yield row
+        members = ((info.name, tar.extractfile(info).read()) for info in tar if info.isreg())
+        for row in group_samples(members):
+            row["__url__"] = path
+            yield row
 
 
 def rows_to_batch(rows: Sequence[dict[str, Any]]) -> dict[str, np.ndarray]:

@@ -22,8 +22,9 @@ from typing import Any
 import fsspec
 import ray
 
-from raylpclip.config import RayConfig
+from raylpclip.config import RayConfig, S3Config
 from raylpclip.data.shards import FORMATS
+from raylpclip.data.storage import is_remote, s3_options
 from raylpclip.data.sources import (CAPTION_MODES, DEFAULT_TEMPLATES, SourceItem, SourceStats, caption_csv_items,
                                     check_templates, image_folder_items, read_lines, shuffled)
 from raylpclip.runtime.session import ensure_ray
@@ -91,23 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _is_remote(path: str) -> bool:
-    return "://" in path and not path.startswith("file://")
-
-
 def storage_options(out: str, endpoint: str) -> dict[str, Any] | None:
-    """fsspec options for writing to `out`: the endpoint, plus AWS credentials from this process's
-    environment, because the writer tasks may run on nodes whose environment lacks them."""
-    if not _is_remote(out):
+    """fsspec options for writing to `out`: the same s3fs options (endpoint, timeouts, retries, and the
+    driver's AWS credentials for tasks on other nodes) that training reads with."""
+    if not out.startswith("s3://"):
         return None
-    opts: dict[str, Any] = {}
-    if endpoint:
-        opts["client_kwargs"] = {"endpoint_url": endpoint}
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        opts["key"], opts["secret"] = os.environ["AWS_ACCESS_KEY_ID"], os.environ["AWS_SECRET_ACCESS_KEY"]
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            opts["token"] = os.environ["AWS_SESSION_TOKEN"]
-    return opts or None
+    return s3_options(S3Config(endpoint_url=endpoint))
 
 
 def _folder_items(ns: argparse.Namespace) -> tuple[list[SourceItem], dict[str, Any]]:
@@ -145,7 +135,7 @@ def cmd_shards(args: list[str]) -> Path:
     start = time.perf_counter()
     parser = build_parser()
     ns = parser.parse_args(args)
-    remote = _is_remote(ns.out)
+    remote = is_remote(ns.out)
     if ns.s3_endpoint and not remote:
         parser.error(f"--s3-endpoint is for an s3:// OUT; got {ns.out!r}")
     if ns.num_cpus <= 0:

@@ -4,29 +4,13 @@ finding the class names of a labelled eval set before any worker starts."""
 from __future__ import annotations
 
 import json
-import logging
-import tarfile
 from typing import Iterator, Sequence
 
 import fsspec
 import pyarrow.parquet as pq
 
 from raylpclip.data.decode import IMAGE_KEYS, TEXT_KEYS
-
-log = logging.getLogger(__name__)
-
-
-def _tar_members(path: str) -> Iterator[tuple[str, str, bytes]]:
-    """(sample key, extension, bytes) for each regular member, streaming. A damaged tar gives what was
-    readable before the damage (the training pipeline skips and counts it the same way)."""
-    try:
-        with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
-            for info in tar:
-                if info.isreg() and "." in info.name:
-                    key, ext = info.name.split(".", 1)
-                    yield key, ext, tar.extractfile(info).read()
-    except tarfile.TarError as exc:
-        log.warning("shard %s is not a readable tar past this point: %s", path, exc)
+from raylpclip.data.tarstream import group_samples, readable_members
 
 
 def iter_records(paths: Sequence[str], *, fmt: str) -> Iterator[dict]:
@@ -43,21 +27,16 @@ def iter_records(paths: Sequence[str], *, fmt: str) -> Iterator[dict]:
 
 
 def _tar_records(path: str) -> Iterator[dict]:
-    current, record = None, {}
-    for key, ext, data in _tar_members(path):
-        if key != current:
-            if current is not None:
-                yield record
-            current, record = key, {"caption": "", "meta": {}}
-        if ext in TEXT_KEYS:
-            record["caption"] = data.decode("utf-8", errors="replace").strip()
-        elif ext == "json":
+    """Records of a webdataset tar; a damaged tar gives what was readable before the damage (the
+    training pipeline skips and counts it the same way)."""
+    with fsspec.open(path, "rb") as f:
+        for sample in group_samples(readable_members(f, path)):
+            text = next((sample[k] for k in TEXT_KEYS if k in sample), b"")
             try:
-                record["meta"] = json.loads(data)
+                meta = json.loads(sample["json"]) if "json" in sample else {}
             except ValueError:
-                record["meta"] = {}
-    if current is not None:
-        yield record
+                meta = {}
+            yield {"caption": text.decode("utf-8", errors="replace").strip(), "meta": meta}
 
 
 def sample_captions(paths: Sequence[str], *, fmt: str, limit: int) -> list[str]:

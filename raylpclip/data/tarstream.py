@@ -16,9 +16,13 @@ and no corruption produces without breaking the checksum.
 from __future__ import annotations
 
 import io
+import logging
+import posixpath
 import struct
 import tarfile
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 BLOCK = 512
 REGULAR = (b"0", b"\0", b"7")  # tarfile.REGULAR_TYPES: what `TarInfo.isreg()` accepts
@@ -116,3 +120,34 @@ def regular_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         yield name, data[:size] if padded != size else data
         if len(data) < padded:
             raise tarfile.ReadError("unexpected end of data")  # as tarfile, when it moves to the next header
+
+
+def readable_members(stream: BinaryIO, path: str,
+                     on_damage: Callable[[tarfile.TarError], None] | None = None) -> Iterator[tuple[str, bytes]]:
+    """regular_members, stopping quietly where the tar breaks (truncated, empty, garbled): what came
+    before the damage is kept, the damage is logged with the path and reported to `on_damage`."""
+    try:
+        yield from regular_members(stream)
+    except tarfile.TarError as exc:
+        log.warning("skipping the rest of shard %s: %s (not a readable tar from here on)", path, exc)
+        if on_damage is not None:
+            on_damage(exc)
+
+
+def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
+    """Consecutive members sharing a key (`dir/key.ext`: everything before the basename's first dot)
+    form one sample {"__key__": key, ext: bytes, ...}, as the webdataset format defines it."""
+    current, sample = None, {}
+    for name, data in members:
+        directory, base = posixpath.split(name)
+        key, _, ext = base.partition(".")
+        if not ext:
+            continue
+        key = posixpath.join(directory, key)
+        if key != current:
+            if sample:
+                yield sample
+            current, sample = key, {"__key__": key}
+        sample[ext.lower()] = data
+    if sample:
+        yield sample

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.util
+import logging
 import sys
 import tempfile
 import time
@@ -141,7 +143,17 @@ def progress(line: str) -> None:
     print(line, file=sys.__stdout__, flush=True)
 
 
+def quiet_report_logs() -> None:
+    """Ray Train V2 logs every report (the whole metrics dict) at INFO from a logger named by its file
+    path, outside the "ray.train" logger that RunConfig's LoggingConfig sets; our progress lines say
+    the same, shorter."""
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)
+
+
 def pretrain_worker(loop_config: dict) -> None:
+    quiet_report_logs()
     cfg = from_dict(PretrainConfig, loop_config["config"])
     tokenizer = loop_config["tokenizer"]
     torch.set_num_threads(cfg.train.threads_per_worker)

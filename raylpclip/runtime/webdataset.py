@@ -10,50 +10,15 @@ Members stay bytes: nothing from a shard is ever unpickled or torch.loaded. Rows
 
 from __future__ import annotations
 
-import logging
-import posixpath
-import tarfile
 from typing import Iterator
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from raylpclip.data.tarstream import regular_members
-
-log = logging.getLogger(__name__)
+from raylpclip.data.tarstream import group_samples, readable_members
 
 ROWS_PER_BLOCK = 256
 TEXT_COLUMNS = ("__key__", "__url__")
-
-
-def tar_members(stream, path: str, counter=None) -> Iterator[tuple[str, bytes]]:
-    """(name, bytes) of each regular member, stopping quietly (counted, logged) where the tar breaks."""
-    try:
-        # tarfile's members and errors, with the plain headers of img2dataset tars parsed 4x faster.
-        yield from regular_members(stream)
-    except tarfile.TarError as exc:
-        log.warning("skipping the rest of shard %s: %s (not a readable tar from here on)", path, exc)
-        if counter is not None:
-            counter.add.remote({"bad_shard": 1})
-
-
-def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
-    """Consecutive members sharing a key (`dir/key.ext`: everything before the basename's first dot)
-    form one sample, as the webdataset format defines it."""
-    current, sample = None, {}
-    for name, data in members:
-        directory, base = posixpath.split(name)
-        key, _, ext = base.partition(".")
-        if not ext:
-            continue
-        key = posixpath.join(directory, key)
-        if key != current:
-            if sample:
-                yield sample
-            current, sample = key, {"__key__": key}
-        sample[ext.lower()] = data
-    if sample:
-        yield sample
 
 
 def to_block(rows: list[dict]) -> pa.Table:
@@ -73,9 +38,13 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
     def get_name(self) -> str:
         return "ReadWebDataset"
 
+    def _count_bad_shard(self, _exc) -> None:
+        if self._counter is not None:
+            self._counter.add.remote({"bad_shard": 1})
+
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
         rows = []
-        for sample in group_samples(tar_members(stream, path, self._counter)):
+        for sample in group_samples(readable_members(stream, path, on_damage=self._count_bad_shard)):
             sample["__url__"] = path
             rows.append(sample)
             if len(rows) >= ROWS_PER_BLOCK:

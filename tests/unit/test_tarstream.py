@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from raylpclip.data.tarstream import regular_members
+from raylpclip.data.tarstream import group_samples, readable_members, regular_members
 
 
 def _tarfile(data: bytes):
@@ -94,3 +94,30 @@ def test_compressed_and_non_tar_input_go_through_tarfile():
     for junk in (b"", b"not a tar at all" * 100, bytes(512) + data):
         assert _fast(junk) == _tarfile(junk)
     assert _fast(b"not a tar at all" * 100)[1] is tarfile.ReadError
+
+
+def test_group_samples_follows_webdataset_keys():
+    members = [("a/0001.jpg", b"i1"), ("a/0001.txt", b"t1"), ("a/0001.seg.PNG", b"s1"), ("README", b"x"),
+               ("a/0002.jpg", b"i2"), ("b/0002.txt", b"t2")]
+    assert list(group_samples(iter(members))) == [
+        {"__key__": "a/0001", "jpg": b"i1", "txt": b"t1", "seg.png": b"s1"},
+        {"__key__": "a/0002", "jpg": b"i2"},  # same stem in another directory is another sample
+        {"__key__": "b/0002", "txt": b"t2"},
+    ]
+
+
+def test_readable_members_keep_what_precedes_damage_and_report_it():
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, size in (("0.jpg", 700), ("0.txt", 5), ("1.jpg", 2000)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(b"x" * size))
+    data = buf.getvalue()
+    cut = data.index(b"1.jpg") + 512 + 100  # inside 1.jpg's data
+    damage = []
+    members = list(readable_members(io.BytesIO(data[:cut]), "s.tar", on_damage=damage.append))
+    assert [name for name, _ in members] == ["0.jpg", "0.txt"]
+    assert len(damage) == 1 and isinstance(damage[0], tarfile.ReadError)
+    assert list(readable_members(io.BytesIO(data), "s.tar", on_damage=damage.append))[-1][0] == "1.jpg"
+    assert len(damage) == 1
