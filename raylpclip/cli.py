@@ -7,6 +7,7 @@ Every command resolves its config (defaults <- YAML <- overrides) before doing a
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from pathlib import Path
 from typing import Callable
@@ -46,22 +47,15 @@ def cmd_pretrain(args: list[str]) -> Path:
     return Path(summary["run_dir"]) / "summary.json"
 
 
-def cmd_tokenizer(args: list[str]) -> Path:
-    from raylpclip.commands.tokenizer import cmd_tokenizer as run
+def _lazy(spec: str) -> Callable[[list[str]], Path]:
+    """A command implemented in `module:function`, imported only when it runs (so `raylpclip demo` does
+    not pay for importing Ray Tune, and each command lives in its own module)."""
 
-    return run(args)
+    def run(args: list[str]) -> Path:
+        module, function = spec.split(":")
+        return getattr(importlib.import_module(module), function)(args)
 
-
-def cmd_shards(args: list[str]) -> Path:
-    from raylpclip.commands.shards import cmd_shards as run
-
-    return run(args)
-
-
-def cmd_bench(args: list[str]) -> Path:
-    from raylpclip.bench import cmd_bench as run
-
-    return run(args)
+    return run
 
 
 def _print_result(summary: dict) -> None:
@@ -82,11 +76,11 @@ def _print_result(summary: dict) -> None:
 
 
 COMMANDS: dict[str, Callable[[list[str]], Path]] = {
-    "bench": cmd_bench,
+    "bench": _lazy("raylpclip.bench:cmd_bench"),
     "demo": cmd_demo,
     "pretrain": cmd_pretrain,
-    "shards": cmd_shards,
-    "tokenizer": cmd_tokenizer,
+    "shards": _lazy("raylpclip.commands.shards:cmd_shards"),
+    "tokenizer": _lazy("raylpclip.commands.tokenizer:cmd_tokenizer"),
 }
 
 

@@ -31,3 +31,27 @@ def ray_session():
     ensure_ray(RayConfig(num_cpus=8))
     yield ray
     ray.shutdown()
+
+
+TINY_CLASSES = ["red circle", "green square", "blue triangle"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """A randomly initialised 1-layer CLIP (32 px) and a BPE tokenizer, saved with save_pretrained: what
+    `load_encoder` and every classifier command take as a local model directory."""
+    import torch
+
+    from raylpclip.models.clip import build_clip, export_clip
+    from raylpclip.models.tokenizer import train_tokenizer
+
+    out = tmp_path_factory.mktemp("tiny_clip")
+    captions = [f"a photo of a {name}." for name in TINY_CLASSES] * 20 + ["a blurry sketch of it."] * 20
+    tokenizer = train_tokenizer(captions, vocab_size=300, out_dir=str(out / "tok"))
+    torch.manual_seed(0)
+    model = build_clip("tiny", vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       overrides={"vision.image_size": 32, "vision.patch_size": 8, "vision.num_hidden_layers": 1,
+                                  "text.num_hidden_layers": 1})
+    export_clip(model, str(out / "model"), tokenizer=tokenizer)
+    return out / "model"
