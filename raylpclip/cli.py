@@ -78,6 +78,7 @@ def _print_result(summary: dict) -> None:
 COMMANDS: dict[str, Callable[[list[str]], Path]] = {
     "bench": _lazy("raylpclip.bench:cmd_bench"),
     "demo": cmd_demo,
+    "finetune": _lazy("raylpclip.commands.finetune:cmd_finetune"),
     "pretrain": cmd_pretrain,
     "shards": _lazy("raylpclip.commands.shards:cmd_shards"),
     "tokenizer": _lazy("raylpclip.commands.tokenizer:cmd_tokenizer"),
