@@ -80,6 +80,7 @@ COMMANDS: dict[str, Callable[[list[str]], Path]] = {
     "demo": cmd_demo,
     "finetune": _lazy("raylpclip.commands.finetune:cmd_finetune"),
     "pretrain": cmd_pretrain,
+    "scaling": _lazy("raylpclip.commands.scaling:cmd_scaling"),
     "shards": _lazy("raylpclip.commands.shards:cmd_shards"),
     "tokenizer": _lazy("raylpclip.commands.tokenizer:cmd_tokenizer"),
 }
