@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ class LPCLIPConfig:
     threshold_zeroshot: bool = False  # methods.md filters only the relabelling rounds; True filters round 1 too
     rounds: int = 2  # self-training rounds; round 1's teacher is zero-shot CLIP, round k's the probe of k - 1
     temperature: float = 1.0  # T of the student in the soft loss (methods.md: KL(p_T || softmax(g / T)))
-    logit_scale: float = 100.0  # s of the zero-shot teacher and of the probe's init (CLIP's clamp value)
+    # s of the zero-shot teacher and of the probe's init: CLIP's clamp value, or None for "the CLIP model's
+    # own learned scale", which the runtime (raylpclip probe) reads from the model before training.
+    logit_scale: Optional[float] = 100.0
     init_from_zeroshot: bool = True  # A starts at s * W, so the untrained probe *is* the zero-shot classifier
     optimizer: str = "adamw"  # adamw | sgd (with momentum)
     epochs: int = 10
@@ -64,13 +66,53 @@ def check_config(cfg: LPCLIPConfig, key: str = "lpclip") -> None:
             f"got {cfg.confidence_threshold}, expected in [0, 1]")
     require(cfg.rounds >= 1, "rounds", f"got {cfg.rounds}, expected >= 1")
     require(cfg.temperature > 0, "temperature", f"got {cfg.temperature}, expected > 0")
-    require(cfg.logit_scale > 0, "logit_scale", f"got {cfg.logit_scale}, expected > 0")
+    require(cfg.logit_scale is None or cfg.logit_scale > 0, "logit_scale", f"got {cfg.logit_scale}, expected > 0 or null")
     require(cfg.optimizer in OPTIMIZERS, "optimizer", f"got {cfg.optimizer!r}, expected one of {list(OPTIMIZERS)}")
     require(cfg.epochs >= 1, "epochs", f"got {cfg.epochs}, expected >= 1")
     require(cfg.lr > 0, "lr", f"got {cfg.lr}, expected > 0")
     require(cfg.weight_decay >= 0, "weight_decay", f"got {cfg.weight_decay}, expected >= 0")
     require(0 <= cfg.momentum < 1, "momentum", f"got {cfg.momentum}, expected in [0, 1)")
     require(cfg.batch_size >= 1, "batch_size", f"got {cfg.batch_size}, expected >= 1")
+
+
+@dataclass(frozen=True)
+class Collective:
+    """How data-parallel probe trainers agree, each holding a shard of the features (Ray Train workers
+    over torch.distributed). The default, one process, changes nothing: `_fit` is then plain
+    mini-batch training. With several workers, each runs the same number of steps (the maximum over
+    workers, refilled from a new permutation of its own shard) and averages gradients every step, so
+    all replicas stay identical, like DDP without wrapping the probe."""
+
+    world_size: int = 1
+
+    def average_gradients(self, module: nn.Module) -> None:
+        if self.world_size == 1:
+            return
+        import torch.distributed as dist
+
+        for param in module.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(self.world_size)
+
+    def max_int(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        import torch.distributed as dist
+
+        tensor = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
+
+
+LOCAL = Collective()
+
+
+def _require_scale(cfg: LPCLIPConfig) -> float:
+    if cfg.logit_scale is None:
+        raise ValueError("lpclip.logit_scale is null (the model's own scale): resolve it from the CLIP model "
+                         "before training, as raylpclip probe does")
+    return cfg.logit_scale
 
 
 def zeroshot_logits(features: Tensor, weights: Tensor, *, logit_scale: float) -> Tensor:
@@ -127,6 +169,15 @@ def _build_optimizer(probe: LinearProbe, cfg: LPCLIPConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def _epoch_batches(n: int, batch_size: int, steps: int, generator: torch.Generator) -> list[Tensor]:
+    """`steps` index batches: a permutation of range(n) cut into batches (the last one partial), topped up
+    from further permutations when another worker's larger shard needs more steps than this one has."""
+    chunks = list(torch.randperm(n, generator=generator).split(batch_size))
+    while len(chunks) < steps:
+        chunks += list(torch.randperm(n, generator=generator).split(batch_size))
+    return chunks[:steps]
+
+
 def _fit(
     probe: LinearProbe,
     features: Tensor,
@@ -134,11 +185,13 @@ def _fit(
     loss_fn: Callable[[Tensor, Tensor, LPCLIPConfig], Tensor],
     cfg: LPCLIPConfig,
     generator: torch.Generator,
+    collective: Collective = LOCAL,
 ) -> LinearProbe:
     """Mini-batch training for cfg.epochs epochs, cosine lr decay to 0 over all steps, no warmup (the
     probe starts from a working classifier, not from noise). The last partial batch is kept."""
     n = features.shape[0]
-    total_steps = cfg.epochs * math.ceil(n / cfg.batch_size)
+    steps_per_epoch = collective.max_int(math.ceil(n / cfg.batch_size))
+    total_steps = cfg.epochs * steps_per_epoch
     optimizer = _build_optimizer(probe, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
@@ -146,12 +199,12 @@ def _fit(
     )
     probe.train()
     for _ in range(cfg.epochs):
-        order = torch.randperm(n, generator=generator).to(features.device)
-        for start in range(0, n, cfg.batch_size):
-            index = order[start : start + cfg.batch_size]
+        for index in _epoch_batches(n, cfg.batch_size, steps_per_epoch, generator):
+            index = index.to(features.device)
             loss = loss_fn(probe(features[index]), targets[index], cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            collective.average_gradients(probe)
             optimizer.step()
             scheduler.step()
     probe.eval()
@@ -165,6 +218,7 @@ def train_probe(
     init_weights: Tensor,
     cfg: LPCLIPConfig,
     generator: torch.Generator,
+    collective: Collective = LOCAL,
 ) -> LinearProbe:
     """Train a fresh probe on the strong views' features (N, D) against pseudo-label `targets` ((N,)
     long or (N, C) float, per cfg.labels), using only rows where `mask` (N,) is True.
@@ -186,11 +240,12 @@ def train_probe(
     if keep.numel() == 0:
         raise ValueError(f"no sample passes confidence_threshold={cfg.confidence_threshold}; lower it")
     if cfg.init_from_zeroshot:
-        probe = LinearProbe.from_zeroshot(init_weights, logit_scale=cfg.logit_scale)
+        probe = LinearProbe.from_zeroshot(init_weights, logit_scale=_require_scale(cfg))
     else:
         probe = LinearProbe(dim, num_classes).to(features_strong.device)
     loss_fn = _hard_loss if cfg.labels == "hard" else _soft_loss
-    return _fit(probe, features_strong[keep], targets.to(features_strong.device)[keep], loss_fn, cfg, generator)
+    return _fit(probe, features_strong[keep], targets.to(features_strong.device)[keep], loss_fn, cfg, generator,
+                collective)
 
 
 @dataclass
@@ -207,7 +262,8 @@ class RoundResult:
         return self.mask.float().mean().item()
 
 
-def self_train(weak_feats: Tensor, strong_feats: Tensor, zeroshot_weights: Tensor, cfg: LPCLIPConfig) -> list[RoundResult]:
+def self_train(weak_feats: Tensor, strong_feats: Tensor, zeroshot_weights: Tensor, cfg: LPCLIPConfig, *,
+               collective: Collective = LOCAL) -> list[RoundResult]:
     """LP-CLIP self-training on precomputed features, no labels anywhere.
 
     weak_feats, strong_feats (N, D): features of a weak and a strong augmentation of the same N images
@@ -221,11 +277,11 @@ def self_train(weak_feats: Tensor, strong_feats: Tensor, zeroshot_weights: Tenso
         raise ValueError(f"weak and strong features must both be (N, D), got {tuple(weak_feats.shape)} "
                          f"and {tuple(strong_feats.shape)}")
     generator = torch.Generator().manual_seed(cfg.seed)
-    teacher_logits = zeroshot_logits(weak_feats, zeroshot_weights, logit_scale=cfg.logit_scale)
+    teacher_logits = zeroshot_logits(weak_feats, zeroshot_weights, logit_scale=_require_scale(cfg))
     results = []
     for round_ in range(1, cfg.rounds + 1):
         targets, mask = pseudo_labels(teacher_logits, cfg, apply_threshold=round_ > 1 or cfg.threshold_zeroshot)
-        probe = train_probe(strong_feats, targets, mask, zeroshot_weights, cfg, generator)
+        probe = train_probe(strong_feats, targets, mask, zeroshot_weights, cfg, generator, collective)
         results.append(RoundResult(round_, "zeroshot" if round_ == 1 else "probe", probe, targets, mask))
         teacher_logits = student_logits(probe, weak_feats, cfg)
     return results
@@ -238,6 +294,7 @@ def supervised_probe(
     *,
     num_classes: int | None = None,
     init_weights: Tensor | None = None,
+    collective: Collective = LOCAL,
 ) -> LinearProbe:
     """The labelled upper reference: the same probe, optimizer and schedule, trained with CE on the
     true labels (N,) of all N samples (cfg.labels, threshold and rounds do not apply).
@@ -249,9 +306,9 @@ def supervised_probe(
     if labels.shape != (features.shape[0],):
         raise ValueError(f"labels must be (N,) for features {tuple(features.shape)}, got {tuple(labels.shape)}")
     if init_weights is not None and cfg.init_from_zeroshot:
-        probe = LinearProbe.from_zeroshot(init_weights, logit_scale=cfg.logit_scale)
+        probe = LinearProbe.from_zeroshot(init_weights, logit_scale=_require_scale(cfg))
     else:
         classes = num_classes if num_classes is not None else int(labels.max()) + 1
         probe = LinearProbe(features.shape[1], classes).to(features.device)
     generator = torch.Generator().manual_seed(cfg.seed)
-    return _fit(probe, features, labels.to(features.device).long(), _hard_loss, cfg, generator)
+    return _fit(probe, features, labels.to(features.device).long(), _hard_loss, cfg, generator, collective)

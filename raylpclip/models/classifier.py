@@ -70,6 +70,15 @@ def context_length(tower: ClipTower) -> int:
     return int(tower.clip.config.text_config.max_position_embeddings)
 
 
+def image_size(encoder: str | Path) -> int:
+    """The input size an encoder was built for (its vision position embeddings fix it)."""
+    for candidate in (Path(encoder), Path(encoder) / "model"):
+        if _is_model_dir(candidate):
+            return int(json.loads((candidate / "config.json").read_text())["vision_config"]["image_size"])
+    tower, _ = load_encoder(encoder)
+    return int(tower.clip.config.vision_config.image_size)
+
+
 def zeroshot_head(tower: ClipTower, tokenizer, classnames: Sequence[str], templates: Sequence[str], *,
                   logit_scale: float | None = None) -> LinearProbe:
     """The zero-shot classifier as a head: weight s * W, bias 0 (s defaults to the model's own logit scale)."""

@@ -1,0 +1,123 @@
+"""`raylpclip eval CONFIG [key=value ...]`: robustness evaluation of classifiers on a clean test set and
+its corrupted copies (or retrieval on a captioned test set), as a table, CSVs and plots.
+
+Classifiers are given as paths, optionally named (`name=path`): a classifier directory written by
+`raylpclip probe` or `raylpclip finetune`, or any CLIP model (a save_pretrained directory, a run
+directory, a checkpoint), which is then evaluated zero-shot with `eval.classnames` (default: the test
+shards' label names) and `eval.templates`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raylpclip.config import ConfigError, DataConfig, EvalConfig, RayConfig, load_config
+from raylpclip.data.metadata import label_names
+from raylpclip.data.shards import resolve_shards
+from raylpclip.data.storage import configure_s3
+from raylpclip.models.classifier import Classifier, is_classifier, load_classifier, load_encoder, zeroshot_head
+from raylpclip.runtime import skips
+from raylpclip.runtime.inference import InferenceConfig
+from raylpclip.runtime.robustness import RobustnessConfig, check_robustness, evaluate, report
+from raylpclip.runtime.session import ensure_ray
+from raylpclip.summary import write_summary
+
+
+@dataclass
+class EvalRunConfig:
+    name: str = "eval"
+    output_dir: str = "runs"
+    classifiers: list[str] = field(default_factory=list)  # paths, or name=path
+    data: DataConfig = field(default_factory=DataConfig)  # data.eval: the test shards
+    eval: EvalConfig = field(default_factory=EvalConfig)  # zero-shot classes and templates for bare models
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def _named(entries: list[str]) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for i, entry in enumerate(entries):
+        name, sep, path = entry.partition("=")
+        name, path = (name, path) if sep else (Path(entry.rstrip("/")).name, entry)
+        if not path or not Path(path).exists():
+            raise ConfigError(f"config key 'classifiers.{i}': {path!r} does not exist (expected a classifier "
+                              f"directory or a CLIP model directory, run directory or checkpoint)")
+        if name in named:
+            raise ConfigError(f"config key 'classifiers.{i}': the name {name!r} is used twice; write name=path")
+        named[name] = path
+    return named
+
+
+def test_classnames(cfg: EvalRunConfig) -> list[str]:
+    if cfg.eval.classnames:
+        return list(cfg.eval.classnames)
+    files, fmt = resolve_shards(cfg.data.eval, cfg.data.format)
+    return label_names(files, fmt=fmt)
+
+
+def resolve_classifiers(cfg: EvalRunConfig) -> tuple[dict[str, Classifier | str], dict[str, object]]:
+    """name -> Classifier (classification), or name -> encoder path when the test set is captions only."""
+    named = _named(cfg.classifiers)
+    classnames = None
+    out: dict[str, Classifier | str] = {}
+    tokenizers: dict[str, object] = {}
+    for name, path in named.items():
+        if is_classifier(path):
+            out[name] = load_classifier(path)
+            continue
+        classnames = test_classnames(cfg) if classnames is None else classnames
+        tower, tokenizer = load_encoder(path)
+        if classnames:
+            head = zeroshot_head(tower, tokenizer, classnames, cfg.eval.templates)
+            out[name] = Classifier(encoder=str(Path(path).resolve()), head=head, classnames=classnames, kind="zeroshot")
+        else:
+            out[name] = str(Path(path).resolve())
+            tokenizers[out[name]] = tokenizer
+    kinds = {isinstance(c, Classifier) for c in out.values()}
+    if len(kinds) > 1:
+        raise ConfigError("config key 'classifiers': the test set has no labels (retrieval) but some classifiers "
+                          "are classifier directories; evaluate them on labelled test shards")
+    return out, tokenizers
+
+
+def run_eval(cfg: EvalRunConfig) -> dict:
+    start = time.perf_counter()
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    configure_s3(cfg.data.s3)
+    classifiers, tokenizers = resolve_classifiers(cfg)
+    ensure_ray(cfg.ray)
+    counter = skips.new_counter()
+    output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
+                      inference=cfg.inference, tokenizers=tokenizers, counter=counter)
+    summary = report(output, cfg.run_dir)
+    summary.update(run_dir=str(cfg.run_dir.resolve()), wall_s=time.perf_counter() - start,
+                   skipped=skips.totals(counter), classifiers={n: getattr(c, "encoder", c) for n, c in classifiers.items()})
+    write_summary(cfg.run_dir, summary)
+    print(f"[raylpclip] eval of {len(classifiers)} classifiers on {output.samples} test images x {summary['views']} "
+          f"views, {summary['wall_s']:.0f}s; tables and plots in {cfg.run_dir}")
+    return summary
+
+
+def load_eval_config(path: str | None, overrides: list[str]) -> EvalRunConfig:
+    cfg = load_config(EvalRunConfig, path, overrides)
+    if not cfg.classifiers:
+        raise ConfigError("config key 'classifiers': required (classifier directories or CLIP model paths)")
+    if not cfg.data.eval:
+        raise ConfigError("config key 'data.eval': required (the test shards)")
+    check_robustness(cfg.robustness)
+    return cfg
+
+
+def cmd_eval(args: list[str]) -> Path:
+    from raylpclip.cli import _split
+
+    path, overrides = _split(args)
+    summary = run_eval(load_eval_config(path, overrides))
+    return Path(summary["run_dir"]) / "summary.json"

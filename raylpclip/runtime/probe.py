@@ -1,0 +1,202 @@
+"""`raylpclip probe`: LP-CLIP (methods.md section 2) on a frozen CLIP image encoder, end to end.
+
+1. the zero-shot teacher from class names and templates, on the driver;
+2. batch inference on Ray Data (an actor pool, one encoder per actor): weak- and strong-view image
+   features and the teacher's logits, written once as parquet under <run>/features/train (a re-run
+   reuses them: probing and relabelling never run the encoder again);
+3. LP-CLIP self-training (and the supervised reference when the shards carry labels) on Ray Train
+   workers, each holding a shard of the features;
+4. classifier directories for the zero-shot teacher, every LP-CLIP round and the supervised probe;
+5. the robustness evaluation of all of them on the clean and corrupted test set (`raylpclip eval`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import torch
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file
+
+from raylpclip import columns
+from raylpclip.config import ConfigError, DataConfig, EvalConfig, RayConfig, load_config, save_config
+from raylpclip.data.metadata import label_names
+from raylpclip.data.shards import resolve_shards
+from raylpclip.data.storage import configure_s3
+from raylpclip.data.views import STRONG, WEAK
+from raylpclip.eval.zeroshot import zeroshot_classifier
+from raylpclip.methods.lpclip import LPCLIPConfig, check_config
+from raylpclip.models.classifier import Classifier, context_length, image_size, load_encoder, save_classifier
+from raylpclip.models.head import LinearProbe
+from raylpclip.runtime import skips
+from raylpclip.runtime.inference import FEATURE_PREFIX, LOGITS_PREFIX, InferenceConfig, encode, view_dataset
+from raylpclip.runtime.probe_worker import HEADS_FILE, probe_worker
+from raylpclip.runtime.robustness import RobustnessConfig, check_robustness, evaluate, report
+from raylpclip.runtime.session import ensure_ray
+from raylpclip.summary import write_summary
+
+DONE_MARKER = "_COMPLETE"
+
+
+@dataclass
+class ProbeWorkersConfig:
+    num_workers: int = 1  # Ray Train workers sharing the feature rows (a probe on 1M x 512 features wants several)
+    cpus_per_worker: float = 1.0
+    threads: int = 1
+    use_gpu: bool = False
+    max_failures: int = 0
+
+
+@dataclass
+class ProbeConfig:
+    name: str = "probe"
+    output_dir: str = "runs"
+    model: str = ""  # the frozen CLIP: a save_pretrained dir, a raylpclip run dir or checkpoint
+    data: DataConfig = field(default_factory=DataConfig)  # data.train: images to probe (labels optional), data.eval: test
+    eval: EvalConfig = field(default_factory=EvalConfig)  # class names (default: the shards' label names) and templates
+    lpclip: LPCLIPConfig = field(default_factory=lambda: LPCLIPConfig(logit_scale=None))  # None: the model's own s
+    supervised: bool = True  # also train the labelled reference probe when the training shards carry labels
+    max_train_samples: int = 0  # 0: every training image
+    train: ProbeWorkersConfig = field(default_factory=ProbeWorkersConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
+    evaluate: bool = True  # run the robustness evaluation on data.eval after training
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def load_probe_config(path: str | None, overrides: list[str]) -> ProbeConfig:
+    cfg = load_config(ProbeConfig, path, overrides)
+    if not cfg.model:
+        raise ConfigError("config key 'model': required (a CLIP model directory, run directory or checkpoint)")
+    if not cfg.data.train:
+        raise ConfigError("config key 'data.train': required (the images to probe, as shards)")
+    if cfg.evaluate and not cfg.data.eval:
+        raise ConfigError("config key 'data.eval': required when evaluate is true (the labelled test shards)")
+    if cfg.train.num_workers < 1:
+        raise ConfigError(f"config key 'train.num_workers': got {cfg.train.num_workers}, expected >= 1")
+    check_config(cfg.lpclip)
+    check_robustness(cfg.robustness)
+    return cfg
+
+
+def probe_classnames(cfg: ProbeConfig) -> list[str]:
+    if cfg.eval.classnames:
+        return list(cfg.eval.classnames)
+    for path in (cfg.data.eval, cfg.data.train):
+        if path:
+            files, fmt = resolve_shards(path, cfg.data.format)
+            names = label_names(files, fmt=fmt)
+            if names:
+                return names
+    raise ConfigError("config key 'eval.classnames': required, since no shard carries `label_name` metadata")
+
+
+def extract_features(cfg: ProbeConfig, head: LinearProbe, counter) -> Path:
+    """Weak/strong features and teacher logits of every training image, as parquet (done once per run)."""
+    out = cfg.run_dir / "features" / "train"
+    if (out / DONE_MARKER).is_file():
+        print(f"[raylpclip] reusing features in {out}", flush=True)
+        return out
+    start = time.perf_counter()
+    data = dataclasses.replace(cfg.data, image_size=image_size(cfg.model))
+    ds = view_dataset(cfg.data.train, data, views=[WEAK, STRONG], limit=cfg.max_train_samples, counter=counter,
+                      batch_size=cfg.inference.decode_batch_size)
+    ds = encode(ds, encoder=cfg.model, cfg=cfg.inference, heads=[head])
+    keep = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, LOGITS_PREFIX + WEAK, columns.LABEL, columns.IMAGE_ID,
+            columns.KEY]
+    ds.select_columns(keep).write_parquet(str(out.resolve()))
+    rows = ray.data.read_parquet(str(out.resolve())).count()
+    (out / DONE_MARKER).write_text(str(rows))
+    print(f"[raylpclip] features of {rows} training images written to {out} in {time.perf_counter() - start:.0f}s",
+          flush=True)
+    return out
+
+
+def _labels_and_teacher(features: Path) -> tuple[np.ndarray, np.ndarray]:
+    ds = ray.data.read_parquet(str(features.resolve()), columns=[columns.LABEL, LOGITS_PREFIX + WEAK])
+    parts = list(ds.iter_batches(batch_size=65536, batch_format="numpy"))
+    return (np.concatenate([p[columns.LABEL] for p in parts]),
+            np.concatenate([p[LOGITS_PREFIX + WEAK] for p in parts])[:, 0])
+
+
+def train_probes(cfg: ProbeConfig, features: Path, weights: torch.Tensor, lpclip: LPCLIPConfig,
+                 supervised: bool) -> dict[str, LinearProbe]:
+    columns_needed = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, columns.IMAGE_ID] + ([columns.LABEL] if supervised else [])
+    dataset = ray.data.read_parquet(str(features.resolve()), columns=columns_needed)
+    trainer = TorchTrainer(
+        probe_worker,
+        train_loop_config={"lpclip": dataclasses.asdict(lpclip), "zeroshot_weights": weights.numpy(),
+                           "supervised": supervised, "threads": cfg.train.threads},
+        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=f"{cfg.name}-train", storage_path=str(cfg.run_dir.resolve()),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
+        datasets={"train": dataset},
+    )
+    result = trainer.fit()
+    with result.checkpoint.as_directory() as directory:
+        tensors = load_file(f"{directory}/{HEADS_FILE}")
+    heads = {}
+    for name in sorted({k.rsplit(".", 1)[0] for k in tensors}):
+        head = LinearProbe(tensors[f"{name}.weight"].shape[1], tensors[f"{name}.weight"].shape[0])
+        with torch.no_grad():
+            head.weight.copy_(tensors[f"{name}.weight"])
+            head.bias.copy_(tensors[f"{name}.bias"])
+        heads[name] = head.eval()
+    return heads
+
+
+def run_probe(cfg: ProbeConfig) -> dict:
+    start = time.perf_counter()
+    run_dir = cfg.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run_dir / "config.yaml")
+    configure_s3(cfg.data.s3)
+    classnames = probe_classnames(cfg)
+    tower, tokenizer = load_encoder(cfg.model)
+    scale = cfg.lpclip.logit_scale or float(tower.logit_scale().detach())
+    lpclip = dataclasses.replace(cfg.lpclip, logit_scale=scale)
+    weights = zeroshot_classifier(tower, tokenizer, classnames, cfg.eval.templates, context_length=context_length(tower))
+    teacher = LinearProbe.from_zeroshot(weights, logit_scale=scale)
+    print(f"[raylpclip] probe {cfg.name}: {len(classnames)} classes, {len(cfg.eval.templates)} templates, "
+          f"teacher scale {scale:.2f}, {lpclip.rounds} rounds ({lpclip.labels} labels, threshold "
+          f"{lpclip.confidence_threshold})", flush=True)
+
+    ensure_ray(cfg.ray)
+    counter = skips.new_counter()
+    features = extract_features(cfg, teacher, counter)
+    labels, teacher_logits = _labels_and_teacher(features)
+    supervised = cfg.supervised and bool((labels >= 0).all())
+    heads = {"zeroshot": teacher, **train_probes(cfg, features, weights, lpclip, supervised)}
+
+    classifiers = {}
+    for name, head in heads.items():
+        kind = "supervised" if name == "supervised" else name.split("-")[0]
+        path = save_classifier(run_dir / "classifiers" / name, head=head, classnames=classnames, kind=kind,
+                               encoder=cfg.model, info={"lpclip": dataclasses.asdict(lpclip)})
+        classifiers[name] = Classifier(encoder=str(Path(cfg.model).resolve()), head=head, classnames=classnames,
+                                       kind=kind)
+        print(f"[raylpclip] classifier {name}: {path}", flush=True)
+    summary = {"train_samples": int(len(labels)), "num_classes": len(classnames), "teacher_logit_scale": scale,
+               "classifiers": {n: str(run_dir / "classifiers" / n) for n in heads}}
+    if (labels >= 0).all():  # diagnostics only: how good the round-1 pseudo-labels were
+        summary["pseudo_label_acc_r1"] = float((teacher_logits.argmax(1) == labels).mean())
+    if cfg.evaluate:
+        output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
+                          inference=cfg.inference, counter=counter)
+        summary["eval"] = report(output, run_dir / "eval")
+    summary.update(run_dir=str(run_dir.resolve()), wall_s=time.perf_counter() - start, skipped=skips.totals(counter))
+    write_summary(run_dir, summary)
+    return summary

@@ -1,0 +1,74 @@
+"""The LP-CLIP training loop on one Ray Train worker: its shard of the precomputed features, LP-CLIP
+self-training (and the supervised reference), gradients averaged across workers every step.
+
+The worker never passes true labels to self-training: `self_train` takes no labels argument. Labels
+are read only when the driver asked for the supervised reference probe.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+
+import ray.train
+import torch
+from safetensors.torch import save_file
+
+from raylpclip import columns
+from raylpclip.methods.lpclip import Collective, LPCLIPConfig, self_train, supervised_probe
+from raylpclip.runtime.inference import FEATURE_PREFIX
+from raylpclip.runtime.pretrain_worker import progress, quiet_report_logs
+
+HEADS_FILE = "heads.safetensors"
+
+
+def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
+    """This worker's rows of the feature dataset as in-memory tensors (features are small: N x D), in
+    `image_id` order: Ray Data's parallel reads deliver rows in any order, and the probe's shuffling
+    seed should give the same probe from the same rows."""
+    names = [FEATURE_PREFIX + "weak", FEATURE_PREFIX + "strong", columns.IMAGE_ID] + ([columns.LABEL] if with_labels else [])
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    for batch in shard.iter_torch_batches(batch_size=4096):
+        for n in names:
+            parts[n].append(batch[n])
+    if not parts[names[0]]:
+        raise RuntimeError("this probe worker received no feature rows; use fewer workers than feature rows")
+    data = {n: torch.cat(v) for n, v in parts.items()}
+    order = torch.argsort(data.pop(columns.IMAGE_ID), stable=True)
+    return {n: v[order] for n, v in data.items()}
+
+
+def probe_worker(loop_config: dict) -> None:
+    quiet_report_logs()
+    torch.set_num_threads(loop_config["threads"])
+    context = ray.train.get_context()
+    world, rank = context.get_world_size(), context.get_world_rank()
+    supervised = loop_config["supervised"]
+    data = load_shard(ray.train.get_dataset_shard("train"), with_labels=supervised)
+    weak, strong = data[FEATURE_PREFIX + "weak"].float(), data[FEATURE_PREFIX + "strong"].float()
+    weights = torch.as_tensor(loop_config["zeroshot_weights"]).float()
+    cfg = LPCLIPConfig(**loop_config["lpclip"])
+    # cfg.batch_size is the global batch: each of the `world` workers takes its share of every step.
+    local = dataclasses.replace(cfg, batch_size=max(1, math.ceil(cfg.batch_size / world)))
+    collective = Collective(world)
+    progress(f"[raylpclip] probe worker {rank}/{world}: {weak.shape[0]} samples x {weak.shape[1]} dims, "
+             f"{cfg.rounds} LP-CLIP rounds of {cfg.epochs} epochs")
+    heads, metrics = {}, {}
+    for result in self_train(weak, strong, weights, local, collective=collective):
+        heads[f"lpclip-r{result.round}"] = result.probe
+        metrics[f"coverage_r{result.round}"] = result.coverage
+        progress(f"[raylpclip] LP-CLIP round {result.round} (teacher: {result.teacher}) trained on "
+                 f"{result.coverage:.1%} of the samples")
+    if supervised:
+        heads["supervised"] = supervised_probe(strong, data[columns.LABEL], local, init_weights=weights,
+                                               collective=collective)
+        progress("[raylpclip] supervised reference probe trained")
+    if rank != 0:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        tensors = {f"{name}.{part}": getattr(head, part).detach().float().contiguous()
+                   for name, head in heads.items() for part in ("weight", "bias")}
+        save_file(tensors, f"{tmp}/{HEADS_FILE}")
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))

@@ -1,0 +1,103 @@
+"""`raylpclip probe` and `raylpclip eval` end to end on Ray: features once, LP-CLIP rounds and the
+supervised reference on Ray Train, classifier directories, the robustness table; and proof that
+LP-CLIP never reads the true labels (poisoning them changes the supervised probe only)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raylpclip.commands.evaluate import cmd_eval
+from raylpclip.methods.lpclip import LPCLIPConfig
+from raylpclip.models.classifier import load_classifier, load_encoder, zeroshot_head
+from raylpclip.runtime.probe import load_probe_config, run_probe, train_probes
+
+pytestmark = pytest.mark.usefixtures("ray_session")
+
+SMALL_EVAL = ["robustness.corruptions=[gaussian_noise,contrast]", "robustness.severities=[1,5]",
+              "robustness.max_samples=72", "inference.batch_size=128", "ray.num_cpus=8"]
+
+
+@pytest.fixture(scope="module")
+def probe_run(synthetic_shards, tiny_clip_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("probe")
+    cfg = load_probe_config(None, [
+        f"model={tiny_clip_dir}", f"data.train={synthetic_shards['webdataset']}", f"data.eval={synthetic_shards['eval']}",
+        f"output_dir={out}", "name=lp", "max_train_samples=300", "lpclip.epochs=2", "lpclip.batch_size=64",
+        "train.num_workers=2", "data.decode_concurrency=1", *SMALL_EVAL])
+    return cfg, run_probe(cfg)
+
+
+def test_probe_writes_classifiers_features_and_table(probe_run, tiny_clip_dir, classnames):
+    cfg, summary = probe_run
+    assert set(summary["classifiers"]) == {"zeroshot", "lpclip-r1", "lpclip-r2", "supervised"}
+    assert summary["train_samples"] == 300 and summary["num_classes"] == len(classnames) == 36
+    teacher = load_classifier(summary["classifiers"]["zeroshot"])
+    tower, tokenizer = load_encoder(tiny_clip_dir)
+    expected = zeroshot_head(tower, tokenizer, classnames, cfg.eval.templates)
+    torch.testing.assert_close(teacher.head.weight, expected.weight)  # the teacher is the model's own zero-shot head
+    assert load_classifier(summary["classifiers"]["lpclip-r2"]).encoder == str(tiny_clip_dir.resolve())
+    features = pq.read_table(cfg.run_dir / "features" / "train")
+    assert features.num_rows == 300 and {"feat_weak", "feat_strong", "logits_weak"} <= set(features.column_names)
+    with open(cfg.run_dir / "eval" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 5  # 4 classifiers x (clean + 2 corruptions x 2 severities)
+    table = summary["eval"]["table"]
+    assert set(table["lpclip-r1"]) >= {"clean_acc1", "corrupted_acc1", "clean_ece", "corrupted_nll", "clean_auroc"}
+    assert all(0.0 <= table[n]["clean_acc1"] <= 1.0 for n in table)
+    for png in ("accuracy_vs_severity.png", "reliability.png", "corruptions.png"):
+        assert (cfg.run_dir / "eval" / png).stat().st_size > 0
+
+
+def test_lpclip_never_reads_labels(probe_run, tmp_path):
+    """The same features with every label replaced by a wrong one: LP-CLIP's probes are bit-identical,
+    the supervised probe is not (so the poisoned labels did reach the workers)."""
+    cfg, _ = probe_run
+    table = pq.read_table(cfg.run_dir / "features" / "train")
+    labels = table.column("label").to_numpy()
+    poisoned = table.set_column(table.column_names.index("label"), "label",
+                                __import__("pyarrow").array((labels + 1) % 36))
+    for name, t in (("true", table), ("poisoned", poisoned)):
+        (tmp_path / name).mkdir()
+        pq.write_table(t, tmp_path / name / "part.parquet")
+    tower, tokenizer = load_encoder(cfg.model)
+    weights = zeroshot_head(tower, tokenizer, load_classifier(cfg.run_dir / "classifiers" / "zeroshot").classnames,
+                            cfg.eval.templates, logit_scale=1.0).weight.detach()
+    lp = dataclasses.replace(LPCLIPConfig(**{**dataclasses.asdict(cfg.lpclip)}), logit_scale=10.0)
+    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_workers=1))
+    true = train_probes(one, tmp_path / "true", weights, lp, supervised=True)
+    bad = train_probes(one, tmp_path / "poisoned", weights, lp, supervised=True)
+    for name in ("lpclip-r1", "lpclip-r2"):
+        assert torch.equal(true[name].weight, bad[name].weight) and torch.equal(true[name].bias, bad[name].bias)
+    assert not torch.equal(true["supervised"].weight, bad["supervised"].weight)
+
+
+def test_eval_command_mixes_classifier_dirs_and_bare_models(probe_run, tiny_clip_dir, synthetic_shards, tmp_path):
+    cfg, summary = probe_run
+    path = cmd_eval([f"classifiers=[r1={summary['classifiers']['lpclip-r1']},zs={tiny_clip_dir}]",
+                     f"data.eval={synthetic_shards['eval']}", f"output_dir={tmp_path}", "name=ev",
+                     f"eval.templates={json.dumps(cfg.eval.templates)}", *SMALL_EVAL])
+    result = json.loads(path.read_text())
+    assert set(result["table"]) == {"r1", "zs"}
+    # The bare model evaluated zero-shot is the probe run's teacher: same numbers on the same images.
+    with open(cfg.run_dir / "eval" / "table.csv") as f:
+        teacher = next(r for r in csv.DictReader(f) if r["classifier"] == "zeroshot")
+    assert result["table"]["zs"]["clean_acc1"] == pytest.approx(float(teacher["clean_acc1"]))
+    assert result["table"]["r1"]["clean_acc1"] == pytest.approx(summary["eval"]["table"]["lpclip-r1"]["clean_acc1"])
+
+
+def test_eval_retrieval_on_captions(tiny_clip_dir, synthetic_shards, tmp_path):
+    path = cmd_eval([f"classifiers=[{tiny_clip_dir}]", f"data.eval={synthetic_shards['captions']}",
+                     f"output_dir={tmp_path}", "name=ret", *SMALL_EVAL])
+    result = json.loads(path.read_text())
+    assert result["mode"] == "retrieval" and result["test_samples"] == 72
+    row = result["table"]["model"]
+    for key in ("clean_image_retrieval_recall@5", "corrupted_text_retrieval_recall@10"):
+        assert 0.0 <= row[key] <= 1.0
+    assert row["clean_image_retrieval_recall@10"] >= row["clean_image_retrieval_recall@1"]
