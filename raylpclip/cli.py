@@ -79,9 +79,12 @@ COMMANDS: dict[str, Callable[[list[str]], Path]] = {
     "bench": _lazy("raylpclip.bench:cmd_bench"),
     "demo": cmd_demo,
     "finetune": _lazy("raylpclip.commands.finetune:cmd_finetune"),
+    "eval": _lazy("raylpclip.commands.evaluate:cmd_eval"),
+    "probe": _lazy("raylpclip.commands.probe:cmd_probe"),
     "pretrain": cmd_pretrain,
     "scaling": _lazy("raylpclip.commands.scaling:cmd_scaling"),
     "shards": _lazy("raylpclip.commands.shards:cmd_shards"),
+    "sweep": _lazy("raylpclip.commands.sweep:cmd_sweep"),
     "tokenizer": _lazy("raylpclip.commands.tokenizer:cmd_tokenizer"),
 }
 
