@@ -1,0 +1,315 @@
+"""Ray Tune sweeps of PSD pretraining: a Tune *function* per trial builds and fits a TorchTrainer
+(Train V2's Tune pattern), reports reach Tune through a Train callback so ASHA can stop trials early.
+
+Layout, for a sweep named NAME with output_dir OUT (storage: ray.storage_path, else OUT):
+  OUT/NAME/            results.csv, best.yaml, sweep.png, summary.json, sweep.yaml (the resolved sweep),
+                       tokenizer/ (trained once, shared by every trial), data/ (generated demo data)
+  STORAGE/NAME/        Tune's experiment (state for Tuner.restore; one dir per trial: TensorBoard events,
+                       result.json, params.json)
+  STORAGE/NAME/trials/ one Ray Train run per trial (checkpoints), named by trial id
+
+Two small functions are the reusable part: `trial_config` (sweep_space: a config from a base and
+overrides) and `fit_config` (fit one PretrainConfig, optionally reporting to Tune).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ray
+import ray.train
+import ray.tune
+from omegaconf import OmegaConf
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from raylpclip.config import ConfigError, PretrainConfig, from_dict, save_config, to_dict, validate
+from raylpclip.data.storage import configure_s3
+from raylpclip.runtime import skips
+from raylpclip.runtime.pretrain import (build_trainer, eval_classnames, fit, inspect_train_data,
+                                        prepare_tokenizer)
+from raylpclip.runtime.session import ensure_ray, quiet_ray_data
+from raylpclip.summary import write_summary
+from raylpclip import sweep_results as results_io
+from raylpclip.sweep_space import (Dim, SweepSpec, asha_settings, check_same_sweep, corner_configs, max_concurrent,
+                                   plain, sweep_plan, trial_config, trial_need)
+
+TOKENIZER_KEYS = ("model.tokenizer", "model.pretrained", "model.vocab_size", "model.tokenizer_samples")
+
+
+def log(line: str) -> None:
+    print(f"[raylpclip] {line}", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------
+# One trial
+
+
+def fit_config(cfg: PretrainConfig, *, callbacks: tuple = ()) -> ray.train.Result:
+    """Fit one pretraining config on the running Ray instance: the driver's steps (shards, tokenizer,
+    eval classes, TorchTrainer) without the export. Re-running the same name resumes its Train run."""
+    configure_s3(cfg.data.s3)
+    data = inspect_train_data(cfg)
+    tokenizer = prepare_tokenizer(cfg, data)
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=eval_classnames(cfg), data=data,
+                            counter=skips.new_counter(), callbacks=callbacks)
+    return fit(trainer, cfg.name)
+
+
+class MetricReportCallback(TuneReportCallback):
+    """Forwards the Train reports that carry the sweep's metric to the Tune trial. An eval metric (acc1)
+    is only in eval reports; Tune's searchers and schedulers expect it in every result they see."""
+
+    def __init__(self, metric: str):
+        super().__init__()
+        self.metric = metric
+
+    def after_report(self, run_context, metrics, checkpoint):
+        if metrics and self.metric in metrics[0]:
+            super().after_report(run_context, metrics, checkpoint)
+
+
+def sweep_trial(config: dict, *, base: dict, metric: str, runs_dir: str, storage_path: str) -> None:
+    """The Tune function: this trial's overrides on the base config, one TorchTrainer, fitted. The Train
+    run is named by the trial id, so a trial restarted after the driver died resumes its checkpoint."""
+    quiet_ray_data()  # this process creates the trial's datasets: its DataContext is the one they use
+    trial_id = ray.tune.get_context().get_trial_id()
+    own = {"name": trial_id, "output_dir": runs_dir, "ray.storage_path": storage_path}
+    cfg = trial_config(base, {**config, **own})
+    result = fit_config(cfg, callbacks=(MetricReportCallback(metric),))
+    if metric not in (result.metrics or {}):
+        raise ValueError(f"trial {trial_id} never reported the sweep metric {metric!r}; its last report has "
+                         f"{sorted(result.metrics or {})}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The driver
+
+
+class ProgressLines(ray.tune.Callback):
+    """One line per trial event instead of Tune's status tables."""
+
+    def __init__(self, metric: str, total: int):
+        self.metric, self.total = metric, total
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        log(f"trial {trial.trial_id} started: {_values(trial.config)}")
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        log(f"trial {trial.trial_id} step {result.get('step')}: {self.metric} {result.get(self.metric, float('nan')):.4f}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        last = trial.last_result or {}
+        log(f"trial {trial.trial_id} finished at step {last.get('step')}: {self.metric} "
+            f"{last.get(self.metric, float('nan')):.4f} ({done}/{self.total} trials done)")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        error = str(trial.get_error() or "").strip().splitlines()
+        log(f"trial {trial.trial_id} failed: {error[-1] if error else 'see its error.txt'}")
+
+
+def _values(config: dict) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in config.items())
+
+
+def _fmt(value: Any) -> str:
+    value = plain(value)
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def tune_space(dims: list[Dim], search: str) -> dict:
+    space = {}
+    for d in dims:
+        if d.kind == "choice":
+            space[d.key] = ray.tune.grid_search(d.args) if search == "grid" else ray.tune.choice(d.args)
+        else:
+            space[d.key] = getattr(ray.tune, d.kind)(*d.args)  # loguniform, uniform, randint (high excluded)
+    return space
+
+
+def searcher(spec: SweepSpec, concurrent: int):
+    s = spec.settings
+    if s.search == "optuna":
+        from ray.tune.search.optuna import OptunaSearch
+
+        return OptunaSearch(metric=s.metric, mode=s.mode, seed=s.seed)
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    # A SearchAlgorithm, not a Searcher: Tune cannot wrap it, so it limits concurrency itself.
+    return BasicVariantGenerator(random_state=s.seed if s.search == "random" else None, max_concurrent=concurrent)
+
+
+def absolute(cfg: PretrainConfig) -> PretrainConfig:
+    """Local paths made absolute: trials run in other processes (Tune changes their working directory)."""
+    def fix(path: str) -> str:
+        return path if (not path or "://" in path) else os.path.abspath(path)
+
+    cfg = from_dict(PretrainConfig, to_dict(cfg))
+    cfg.output_dir = fix(cfg.output_dir)
+    cfg.data.train, cfg.data.eval = fix(cfg.data.train), fix(cfg.data.eval)
+    for src in cfg.data.sources:
+        src.path = fix(src.path)
+    cfg.model.tokenizer, cfg.model.pretrained = fix(cfg.model.tokenizer), fix(cfg.model.pretrained)
+    return cfg
+
+
+def prepare_data(spec: SweepSpec) -> None:
+    """Generated demo data when the sweep asks for it; then the training shards must exist."""
+    base = spec.base
+    if spec.synthetic is not None:
+        from raylpclip.data.synthetic import SyntheticSpec, class_names
+        from raylpclip.demo import write_synthetic
+
+        train_dir, eval_dir = write_synthetic(spec.synthetic, spec.sweep_dir / "data")
+        base.data.train, base.data.eval, base.data.format = str(train_dir), str(eval_dir), "webdataset"
+        base.data.image_size = spec.synthetic.image_size
+        base.eval.classnames = class_names(SyntheticSpec(image_size=spec.synthetic.image_size,
+                                                         label_by=spec.synthetic.label_by))
+        validate(base)
+    if not base.data.train_sources():
+        raise ConfigError("config key 'data.train': required (a shard directory, glob, brace range or s3:// URL), "
+                          "or data.sources, or a synthetic: section")
+    inspect_train_data(base)  # missing shards and eval sets without usable labels fail here, not in every trial
+    eval_classnames(base)
+
+
+def shared_tokenizer(spec: SweepSpec) -> None:
+    """Train the BPE tokenizer once for all trials (into the sweep directory) unless the sweep varies it."""
+    base = spec.base
+    if base.model.tokenizer or base.model.pretrained or any(d.key in TOKENIZER_KEYS for d in spec.dims):
+        return
+    prepare_tokenizer(base, inspect_train_data(base))
+    base.model.tokenizer = str(spec.sweep_dir / "tokenizer")
+
+
+def _join(storage: str, *parts: str) -> str:
+    return "/".join([storage.rstrip("/"), *parts])
+
+
+def build_tuner(spec: SweepSpec, *, trial_base: PretrainConfig, storage: str, concurrent: int,
+                asha: dict | None) -> ray.tune.Tuner:
+    s = spec.settings
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(sweep_trial, base=to_dict(trial_base), metric=s.metric,
+                                 runs_dir=str(Path(trial_base.output_dir) / spec.name / "trials"),
+                                 storage_path=_join(storage, spec.name, "trials") if trial_base.ray.storage_path else ""),
+        {"CPU": s.trial_cpus},
+    )
+    experiment = _join(storage, spec.name)
+    if ray.tune.Tuner.can_restore(experiment):
+        log(f"resuming sweep {spec.name} from {experiment}: finished trials are kept, unfinished ones resume")
+        return ray.tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    scheduler = None
+    if asha:
+        from ray.tune.schedulers import ASHAScheduler
+
+        scheduler = ASHAScheduler(time_attr="step", **asha)
+    from ray.tune.logger import TBXLoggerCallback
+
+    return ray.tune.Tuner(
+        trainable,
+        param_space=tune_space(spec.dims, s.search),
+        tune_config=ray.tune.TuneConfig(metric=s.metric, mode=s.mode, num_samples=s.num_samples,
+                                        max_concurrent_trials=concurrent, search_alg=searcher(spec, concurrent),
+                                        scheduler=scheduler),
+        run_config=ray.tune.RunConfig(name=spec.name, storage_path=storage, verbose=0,
+                                      callbacks=[ProgressLines(s.metric, _total(spec)), TBXLoggerCallback()]),
+    )
+
+
+def _total(spec: SweepSpec) -> int:
+    if spec.settings.search != "grid":
+        return spec.settings.num_samples
+    n = spec.settings.num_samples
+    for d in spec.dims:
+        n *= len(d.args)
+    return n
+
+
+def collect_rows(grid, spec: SweepSpec) -> list[dict]:
+    """One row per trial from Tune's results: its sampled values, last reported metric and status."""
+    metric = spec.settings.metric
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        config = result.config or {}
+        steps = int(config.get("train.steps", spec.base.train.steps))
+        value = m.get(metric)
+        rows.append({
+            "trial_id": m.get("trial_id") or Path(result.path).name,
+            "status": results_io.trial_status(error=result.error is not None, metric=value, step=m.get("step"),
+                                              steps=steps),
+            **{d.key: plain(config.get(d.key)) for d in spec.dims},
+            metric: plain(value), "step": m.get("step"), "time_s": m.get("time_total_s"),
+            "checkpoint": m.get("checkpoint_path"),
+            "error": str(result.error).strip().splitlines()[-1][:300] if result.error is not None else None,
+        })
+    return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def run_sweep(spec: SweepSpec) -> dict:
+    start = time.perf_counter()
+    s = spec.settings
+    spec.sweep_dir.mkdir(parents=True, exist_ok=True)
+    configure_s3(spec.base.data.s3)
+    prepare_data(spec)
+    shared_tokenizer(spec)
+    configs = corner_configs(spec)  # every bound and choice validated before any trial starts
+    plan = sweep_plan(spec)
+    check_same_sweep(spec.sweep_dir / "sweep.yaml", plan)
+    OmegaConf.save(OmegaConf.create(plan), str(spec.sweep_dir / "sweep.yaml"))
+
+    ensure_ray(spec.base.ray)
+    need = {k: max(trial_need(c).get(k, 0.0) for c in configs) for k in ("CPU", "GPU")}
+    need = {k: v for k, v in need.items() if v > 0}
+    need["CPU"] += s.trial_cpus
+    cluster = ray.cluster_resources()
+    concurrent = max_concurrent(cluster, need, s.max_concurrent_trials)
+    asha = asha_settings(spec, configs) if s.scheduler == "asha" else None
+    storage = spec.base.ray.storage_path or str(Path(spec.base.output_dir).resolve())
+    log(f"sweep {spec.name}: {_total(spec)} trials of {', '.join(d.key for d in spec.dims)}; search {s.search}, "
+        f"{f'ASHA on {s.metric} ({asha})' if asha else 'no early stopping'}; {concurrent} at a time "
+        f"(cluster {_res(cluster)}, a trial needs {_res(need)})")
+    log(f"watch: Ray dashboard (Jobs, Train runs); tensorboard --logdir {_join(storage, spec.name)}")
+
+    tuner = build_tuner(spec, trial_base=absolute(spec.base), storage=storage, concurrent=concurrent, asha=asha)
+    grid = tuner.fit()
+    return write_outputs(spec, grid, start=start, asha=asha, concurrent=concurrent, storage=storage)
+
+
+def _res(resources: dict) -> str:
+    return ", ".join(f"{resources[k]:g} {k}" for k in ("CPU", "GPU") if resources.get(k))
+
+
+def write_outputs(spec: SweepSpec, grid, *, start: float, asha: dict | None, concurrent: int, storage: str) -> dict:
+    s, out = spec.settings, spec.sweep_dir
+    rows = collect_rows(grid, spec)
+    results_io.write_csv(rows, out / "results.csv", dims=spec.dims, metric=s.metric)
+    best = results_io.best_row(rows, metric=s.metric, mode=s.mode)
+    best_yaml = None
+    if best is not None:
+        best_cfg = trial_config(spec.base, {**{d.key: best[d.key] for d in spec.dims}, "name": f"{spec.name}-best"})
+        best_yaml = out / "best.yaml"
+        save_config(best_cfg, best_yaml)
+        results_io.plot(rows, out / "sweep.png", dims=spec.dims, metric=s.metric, mode=s.mode,
+                        title=f"sweep {spec.name}: {s.metric} per trial ({s.mode} is better)")
+    counts = {st: sum(r["status"] == st for r in rows) for st in
+              (results_io.DONE, results_io.STOPPED, results_io.ERROR, results_io.NO_METRIC)}
+    summary = {
+        "name": spec.name, "metric": s.metric, "mode": s.mode,
+        "best_metric": best[s.metric] if best else None, "best_trial": best["trial_id"] if best else None,
+        "best_values": {d.key: best[d.key] for d in spec.dims} if best else None,
+        "best_config": str(best_yaml.resolve()) if best_yaml else None,
+        "trials": len(rows), "status_counts": counts, "search": s.search, "scheduler": s.scheduler,
+        "asha": asha, "max_concurrent_trials": concurrent,
+        "experiment_path": _join(storage, spec.name), "results_csv": str((out / "results.csv").resolve()),
+        "plot": str((out / "sweep.png").resolve()) if best else None,
+        "run_dir": str(out.resolve()), "wall_s": time.perf_counter() - start,
+    }
+    write_summary(out, summary)
+    return summary
