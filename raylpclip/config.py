@@ -8,6 +8,8 @@ the run directory and ships `to_dict(cfg)` to workers, which rebuild it with `fr
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Type, TypeVar
@@ -116,6 +118,12 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads in each worker
     max_failures: int = 0
+    # > 0: elastic worker group. After losing nodes the run goes on with as many workers as fit, at
+    # least this many (Ray Train restarts it from the latest checkpoint); 0: always num_workers (waits).
+    min_workers: int = 0
+    # Extra Ray resources each Train worker needs beside train.cpus_per_worker, e.g. {trainer: 1} to keep
+    # the workers on the nodes that offer a `trainer` resource (data decoding still runs anywhere).
+    worker_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,15 +172,54 @@ def load_config(cls: Type[T], path: str | None = None, overrides: Sequence[str] 
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
         cfg = OmegaConf.to_object(merged)
     except OmegaConfBaseException as exc:
-        raise ConfigError(_describe(exc)) from None
+        raise ConfigError(_describe(exc, cls)) from None
     validate(cfg)
     return cfg
 
 
-def _describe(exc: OmegaConfBaseException) -> str:
-    key = getattr(exc, "full_key", None)
-    reason = str(exc).splitlines()[0]
-    return f"config key '{key}': {reason}" if key else f"config: {reason}"
+def _describe(exc: OmegaConfBaseException, cls: Type = object) -> str:
+    """OmegaConf's first line, plus what the key allows: the section's keys for an unknown key, the
+    field's type for a value of the wrong type."""
+    key = getattr(exc, "full_key", None) or getattr(exc, "key", None)
+    reason = str(exc).splitlines()[0].rstrip(".")
+    whole = re.search(r"(\w+) is not a subclass of (\w+)", reason)
+    if not key and whole and dataclasses.is_dataclass(cls):  # `train=3`: a whole section replaced
+        hints = typing.get_type_hints(cls)
+        key = next((f.name for f in dataclasses.fields(cls) if getattr(hints[f.name], "__name__", "") == whole.group(2)), None)
+        if key:
+            return f"config key '{key}': got a {whole.group(1)}; expected {_type_words(hints[key])}"
+    if not key:
+        return f"config: {reason}"
+    # The dataclass the failing key belongs to (inside a list, e.g. data.sources, full_key is only the
+    # last part, so say which kind of entry it is).
+    section = getattr(exc, "object_type", None)
+    name = str(key).rsplit(".", 1)[-1]
+    if not dataclasses.is_dataclass(section):
+        return f"config key '{key}': {reason}"
+    where = str(key).rsplit(".", 1)[0] if "." in str(key) else ("top level" if section is cls else f"a {section.__name__} entry")
+    fields = {f.name for f in dataclasses.fields(section)}
+    if name not in fields:
+        allowed = ", ".join(f.name for f in dataclasses.fields(section))
+        return f"config key '{key}': unknown key; allowed keys ({where}): {allowed}"
+    expected = _type_words(typing.get_type_hints(section)[name])
+    return f"config key '{key}'{'' if '.' in str(key) or section is cls else f' ({where})'}: {reason}; expected {expected}"
+
+
+def _type_words(annotation: Any) -> str:
+    """A field's type in words (`Optional[float]` -> "a number or null")."""
+    words = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    if annotation in words:
+        return words[annotation]
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Union and type(None) in args:
+        return " or ".join(_type_words(a) for a in args if a is not type(None)) + " or null"
+    if origin in (list, tuple):
+        return "a list, e.g. [a, b]"
+    if origin is dict:
+        return "a mapping, e.g. {key: value}"
+    if dataclasses.is_dataclass(annotation):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(annotation))
+    return getattr(annotation, "__name__", str(annotation))
 
 
 def to_dict(cfg: Any) -> dict:
@@ -221,7 +268,7 @@ def _check_data(d: DataConfig, key: str) -> None:
     _require(d.fail_after_bad > 0, f"{key}.fail_after_bad", "expected > 0")
     _require(not (d.train and d.sources), f"{key}.sources", "give either data.train or data.sources, not both")
     for i, src in enumerate(d.sources):
-        _require(bool(src.path), f"{key}.sources.{i}.path", "required")
+        _require(bool(src.path), f"{key}.sources.{i}.path", "required: a shard directory, glob, brace range or s3:// URL")
         _require(src.weight > 0, f"{key}.sources.{i}.weight", f"got {src.weight}, expected > 0")
         _choice(src.format, f"{key}.sources.{i}.format", ("auto", "webdataset", "parquet"))
     _require(d.s3.connect_timeout > 0, f"{key}.s3.connect_timeout", "expected > 0")
@@ -264,12 +311,21 @@ def _check_train(t: TrainConfig, key: str) -> None:
     _require(t.cpus_per_worker > 0, f"{key}.cpus_per_worker", "expected > 0")
     _require(t.threads_per_worker >= 1, f"{key}.threads_per_worker", "expected >= 1")
     _require(t.max_failures >= -1, f"{key}.max_failures", "expected >= -1 (-1: unlimited)")
+    bad = {k: v for k, v in t.worker_resources.items() if k in ("CPU", "GPU") or not v > 0}
+    _require(not bad, f"{key}.worker_resources", f"got {bad}, expected custom resource names with amounts > 0 "
+             "(CPUs: train.cpus_per_worker, GPUs: train.use_gpu)")
+    _require(0 <= t.min_workers <= t.num_workers, f"{key}.min_workers",
+             f"got {t.min_workers}, expected 0 (fixed) to train.num_workers = {t.num_workers}")
 
 
 def _check_batch_split(t: TrainConfig, o: OptimConfig) -> None:
+    # An elastic group may train with any worker count from min_workers to num_workers.
+    for workers in range(t.min_workers or t.num_workers, t.num_workers + 1):
+        parts = workers * o.accum_steps
+        name = "train.num_workers" if workers == t.num_workers else f"{workers} workers (train.min_workers)"
+        _require(t.batch_size % parts == 0, "train.batch_size",
+                 f"{t.batch_size} is not divisible by {name} * optim.accum_steps = {parts}")
     parts = t.num_workers * o.accum_steps
-    _require(t.batch_size % parts == 0, "train.batch_size",
-             f"{t.batch_size} is not divisible by train.num_workers * optim.accum_steps = {parts}")
     _require(t.batch_size // parts >= 2, "train.batch_size",
              f"{t.batch_size} leaves fewer than 2 samples per worker micro-batch; contrastive losses need >= 2")
 

@@ -94,3 +94,12 @@ def barrier() -> None:
     """Wait for every rank (no-op when not distributed)."""
     if is_distributed():
         dist.barrier()
+
+
+def gather_objects(obj):
+    """Every rank's picklable `obj`, in rank order (a one-item list when not distributed)."""
+    if not is_distributed():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out

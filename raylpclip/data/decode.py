@@ -133,7 +133,7 @@ class BatchDecoder:
             )
         n = len(batch[image_col])
         keys = _keys(batch, n)
-        images, texts, labels, image_ids, kept = [], [], [], [], []
+        images, texts, labels, image_ids, kept, kept_rows = [], [], [], [], [], []
         for i in range(n):
             image = self._image(batch[image_col][i])
             text = _as_text(batch[text_col][i])
@@ -149,8 +149,12 @@ class BatchDecoder:
             labels.append(_label(meta))
             image_ids.append(_image_id(meta, keys[i]))
             kept.append(keys[i])
+            kept_rows.append(i)
         self._check_usable(n, len(kept), batch)
-        return self._columns(images, texts, labels, image_ids, kept)
+        out = self._columns(images, texts, labels, image_ids, kept)
+        if columns.POSITION in batch:  # where each row sits in its shard (see runtime/position.py)
+            out[columns.POSITION] = np.asarray(batch[columns.POSITION], dtype=np.int64)[kept_rows]
+        return out
 
     def _check_usable(self, seen: int, kept: int, batch: dict[str, Any]) -> None:
         """Stop within one batch or so when nothing decodes, instead of streaming an epoch of garbage."""

@@ -1,13 +1,21 @@
-"""Training state on disk: one directory per checkpoint, written atomically, loaded without pickle.
+"""Training state on disk: one directory per checkpoint, committed by a manifest, loaded without pickle.
 
 `state.pt` holds only tensors and plain Python values, so it loads with `weights_only=True`: a
 checkpoint someone hands you cannot execute code.
+
+Every file of a checkpoint is written under a temp name and renamed, and `manifest.json`, written
+last, records each file's size and sha256. A crash mid-write, an interrupted upload to shared storage
+or a file truncated or replaced later leaves a directory whose files disagree with its manifest, and
+`check_checkpoint` names what is wrong instead of letting it be picked as the latest. (Directories
+from before manifests existed are accepted when their state.pt loads.)
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,28 +23,121 @@ import torch
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
+MANIFEST_FILE = "manifest.json"
+_CHUNK = 1 << 22
 
 
-def save_state(ckpt_dir: str | Path, *, state: dict[str, Any], meta: dict[str, Any]) -> Path:
-    """Write `state` (state_dicts, counters, RNG tensors) and a JSON `meta` into `ckpt_dir`."""
+class CheckpointError(RuntimeError, ValueError):
+    """A checkpoint that cannot be used; the message names the directory or file and why."""
+
+
+class CheckpointMissing(CheckpointError, FileNotFoundError):
+    """A checkpoint directory without its state file."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def file_digest(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_state(ckpt_dir: str | Path, *, state: dict[str, Any], meta: dict[str, Any],
+               extra: dict[str, bytes] | None = None) -> Path:
+    """Write `state` (state_dicts, counters, RNG tensors), a JSON `meta` and `extra` files (name ->
+    bytes, e.g. the data stream position) into `ckpt_dir`, then the manifest that commits them."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    # Write to a temp name and rename: a crash mid-write never leaves a truncated state.pt behind.
+    # Temp name + rename: a crash mid-write never leaves a truncated state.pt under its final name.
     tmp = ckpt_dir / (STATE_FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, ckpt_dir / STATE_FILE)
-    (ckpt_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
+    _atomic_write(ckpt_dir / META_FILE, json.dumps(meta, indent=2, sort_keys=True).encode())
+    for name, data in (extra or {}).items():
+        if "/" in name or name in (STATE_FILE, META_FILE, MANIFEST_FILE) or name.startswith("."):
+            raise ValueError(f"extra checkpoint file name {name!r}: expected a plain new file name")
+        _atomic_write(ckpt_dir / name, data)
+    names = [STATE_FILE, META_FILE, *(extra or {})]
+    manifest = {name: {"bytes": (ckpt_dir / name).stat().st_size, "sha256": file_digest(ckpt_dir / name)}
+                for name in names}
+    _atomic_write(ckpt_dir / MANIFEST_FILE, json.dumps({"files": manifest}, indent=2, sort_keys=True).encode())
     return ckpt_dir
 
 
+def check_checkpoint(ckpt_dir: str | Path, *, digests: bool = True) -> str | None:
+    """Why `ckpt_dir` cannot be used as a checkpoint, or None when it is complete.
+
+    With a manifest every listed file must have its recorded size (and, with `digests`, sha256).
+    Without one (a checkpoint written before manifests existed) `state.pt` must at least be there;
+    loading it is the remaining test.
+    """
+    ckpt_dir = Path(ckpt_dir)
+    manifest_path = ckpt_dir / MANIFEST_FILE
+    if not manifest_path.is_file():
+        # A truncated state.pt still fails in torch.load: its zip directory sits at the end.
+        return None if (ckpt_dir / STATE_FILE).is_file() else f"no {STATE_FILE}"
+    try:
+        files = json.loads(manifest_path.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as exc:
+        return f"unreadable {MANIFEST_FILE} ({exc})"
+    for name, rec in sorted(files.items()):
+        path = ckpt_dir / name
+        if not path.is_file():
+            return f"{name} is missing"
+        size = path.stat().st_size
+        if size != rec.get("bytes"):
+            return f"{name} has {size} bytes, the manifest says {rec.get('bytes')} (truncated or replaced)"
+        if digests and file_digest(path) != rec.get("sha256"):
+            return f"{name} does not match its sha256 in the manifest (corrupted or replaced)"
+    return None
+
+
 def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
+    """The state saved by `save_state`, checked against the manifest, loaded with weights_only=True."""
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {ckpt_dir} has no {STATE_FILE}")
+        raise CheckpointMissing(f"checkpoint {ckpt_dir} has no {STATE_FILE}")
+    problem = check_checkpoint(ckpt_dir)
+    if problem:
+        raise CheckpointError(f"checkpoint {ckpt_dir} cannot be used: {problem}")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise RuntimeError(f"checkpoint {path} cannot be loaded: {exc}") from exc
+    except Exception as exc:  # torch raises several types for truncated, foreign or pickled files
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): "
+                              f"{_first_reason(exc)}") from None
+
+
+def verify_state(ckpt_dir: str | Path) -> None:
+    """Raise CheckpointError unless `ckpt_dir` passes its manifest and its state.pt unpickles with
+    weights_only=True. Memory-maps the tensors instead of reading them: cheap enough for a driver to
+    check a run's checkpoints before it starts anything."""
+    path = Path(ckpt_dir) / STATE_FILE
+    problem = check_checkpoint(ckpt_dir) if path.is_file() else f"no {STATE_FILE}"
+    if problem:
+        raise CheckpointError(f"checkpoint {ckpt_dir} cannot be used: {problem}")
+    try:
+        # mmap only works for torch's zip format; anything else (e.g. a bare pickle) is read whole.
+        torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as exc:  # noqa: BLE001 - every failure means: not loadable
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): "
+                              f"{_first_reason(exc)}") from None
+
+
+def _first_reason(exc: BaseException) -> str:
+    """The line of torch's long weights_only message that says what was refused."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for i, line in enumerate(lines):
+        if "WeightsUnpickler error" in line:
+            rest = line.split("WeightsUnpickler error:", 1)[-1].strip()
+            return rest or (lines[i + 1] if i + 1 < len(lines) else line)
+    return lines[0] if lines else type(exc).__name__
 
 
 def load_meta(ckpt_dir: str | Path) -> dict[str, Any]:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import pyarrow.fs as pafs
 
 import ray.train
 from ray.train.torch import TorchTrainer
@@ -14,14 +17,18 @@ from raylpclip.config import PretrainConfig, save_config, to_dict
 from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.decode import DataError
 from raylpclip.data.shards import read_stats, resolve_shards
-from raylpclip.data.storage import configure_s3
-from raylpclip.engine.checkpoint import load_state
+from raylpclip.data.storage import configure_s3, storage_filesystem
+from raylpclip.engine.checkpoint import CheckpointError, load_state, verify_state
 from raylpclip.models.clip import export_clip
 from raylpclip.models.factory import build_tower
 from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.runtime import skips
-from raylpclip.runtime.datasets import eval_dataset, train_datasets
-from raylpclip.runtime.pretrain_worker import pretrain_worker
+from raylpclip.runtime.checkpoints import preflight
+from raylpclip.runtime.datasets import eval_dataset
+from raylpclip.runtime.faults import PROBE_ENV
+from raylpclip.runtime.positioned import train_source
+from raylpclip.runtime.pretrain_worker import pretrain_worker, progress
+from raylpclip.runtime.train_streams import source_names
 from raylpclip.runtime.session import ensure_ray
 from raylpclip.summary import write_summary
 
@@ -72,27 +79,74 @@ def eval_classnames(cfg: PretrainConfig) -> list[str]:
     return label_names(files, fmt=fmt)
 
 
-def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter) -> TorchTrainer:
-    datasets = train_datasets(cfg.data, tokenizer=tokenizer, counter=counter)
+class StorageRetries:
+    """on_retry for the run-storage filesystem: one line per retry, and a count in the run's counter
+    actor (picklable: it travels with the filesystem to Ray Train's controller and workers)."""
+
+    def __init__(self, counter):
+        self.counter = counter
+
+    def __call__(self, what: str) -> None:
+        progress(f"[raylpclip] storage: transient error, retrying: {what}")
+        if self.counter is not None:
+            self.counter.add.remote({"storage_retries": 1})
+
+
+def run_storage(cfg: PretrainConfig, *, storage_counter=None) -> tuple[str, pafs.FileSystem | None]:
+    """Where Ray Train keeps the run (`ray.storage_path`, else `output_dir`) and the filesystem for it:
+    on s3:// the endpoint and credentials of `data.s3`, with counted retries (data/storage.py), and the
+    path without its scheme (what Ray Train expects beside a filesystem)."""
+    storage = cfg.ray.storage_path or str(Path(cfg.output_dir).resolve())
+    filesystem = storage_filesystem(storage, cfg.data.s3, on_retry=StorageRetries(storage_counter))
+    return (storage.split("://", 1)[1] if filesystem is not None else storage), filesystem
+
+
+def check_run_checkpoints(cfg: PretrainConfig) -> None:
+    """Before Ray starts: one clear line when the run's checkpoints are all broken (see
+    runtime/checkpoints.py), a warning when the newest is."""
+    storage, filesystem = run_storage(cfg)
+    local = filesystem is None
+    preflight(filesystem or pafs.LocalFileSystem(), f"{storage.rstrip('/')}/{cfg.name}", warn=progress,
+              verify=verify_state if local else None)
+
+
+def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter,
+                  callbacks: tuple = (), storage_counter=None) -> TorchTrainer:
+    """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune trial.
+
+    Training sources read through positioned readers (runtime/positioned.py), so that every row says
+    where it sits and a resumed run can skip what was consumed. With `RAYLPCLIP_FAULT_PROBE=<dir>` in
+    the environment the workers record their pids and batches there (runtime/faults.py).
+    """
+    sources = cfg.data.train_sources()
+    files = [data.files[s.path] for s in sources]
+    formats = [data.formats[s.path] for s in sources]
+    datasets = {name: train_source(f, fmt=fmt, cfg=cfg.data, tokenizer=tokenizer, counter=counter)
+                for name, f, fmt in zip(source_names(len(sources)), files, formats)}
     train_names = list(datasets)
     if cfg.data.eval:
         datasets["eval"] = eval_dataset(cfg.data, tokenizer=tokenizer, counter=counter)
-    storage = cfg.ray.storage_path or str(Path(cfg.output_dir).resolve())
+    storage, filesystem = run_storage(cfg, storage_counter=storage_counter)
+    elastic = (cfg.train.min_workers, cfg.train.num_workers) if cfg.train.min_workers else None
     return TorchTrainer(
         pretrain_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "classnames": classnames,
-                           "counter": counter, "train_samples": data.samples},
+                           "counter": counter, "train_samples": data.samples, "train_files": files,
+                           "train_formats": formats, "probe": os.environ.get(PROBE_ENV) or None,
+                           "elastic": f"{elastic[0]}-{elastic[1]}" if elastic else None,
+                           "storage_counter": storage_counter},
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-            resources_per_worker={"CPU": cfg.train.cpus_per_worker},
+            num_workers=elastic or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+            resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},
         ),
         run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
+            name=cfg.name, storage_path=storage, storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
             # Ray Train logs every report (the whole metrics dict) at INFO; the workers' progress lines
             # say it shorter. Full logs stay in the session's log files.
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            callbacks=list(callbacks),
         ),
         datasets=datasets,
         # The eval set goes whole to every worker (rank 0 evaluates); only training data is split.
@@ -100,28 +154,30 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
     )
 
 
-def _data_error_line(exc: BaseException) -> str | None:
-    """Our DataError's message, found in a worker failure (Ray wraps it in task/UDF errors and
-    truncates the combined message, so look at each worker's exception and its causes)."""
+def _data_error_line(exc: BaseException) -> tuple[type, str] | None:
+    """Our DataError's or CheckpointError's message (and which), found in a worker failure (Ray wraps it
+    in task/UDF errors and truncates the combined message, so look at each worker's exception and its
+    causes)."""
     failures = list(getattr(exc, "worker_failures", {}).values()) + [exc]
     for failure in failures:
         seen = 0
         while failure is not None and seen < 10:
-            found = re.search(r"DataError: (.+)", str(failure))
+            found = re.search(r"(DataError|CheckpointError): (.+)", str(failure))
             if found:
-                return found.group(1).strip()
+                return {"DataError": DataError, "CheckpointError": CheckpointError}[found.group(1)], found.group(2).strip()
             failure, seen = failure.__cause__ or failure.__context__, seen + 1
     return None
 
 
 def fit(trainer: TorchTrainer, name: str):
-    """trainer.fit(), with a data error from deep inside a worker's pipeline raised as one clear line."""
+    """trainer.fit(), with a data or checkpoint error from deep inside a worker raised as one clear line."""
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:
-        line = _data_error_line(exc)
-        if line:
-            raise DataError(f"run {name} stopped: {line}") from None
+        found = _data_error_line(exc)
+        if found:
+            kind, line = found
+            raise kind(f"run {name} stopped: {line}") from None
         raise
 
 
@@ -149,9 +205,11 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     print(f"[raylpclip] run {cfg.name}: {size}{sum(map(len, data.files.values()))} training shards, {evaluation}, "
           f"{cfg.train.num_workers} workers, {cfg.train.steps} steps of {cfg.train.batch_size}", flush=True)
 
+    check_run_checkpoints(cfg)
     ensure_ray(cfg.ray)
-    counter = skips.new_counter()
-    trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=classnames, data=data, counter=counter)
+    counter, storage_counter = skips.new_counter(), skips.new_counter()
+    trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=classnames, data=data, counter=counter,
+                            storage_counter=storage_counter)
     result = fit(trainer, cfg.name)
     if result.checkpoint is None:
         raise RuntimeError(f"run {cfg.name} finished without a checkpoint; see the worker logs above")
@@ -168,6 +226,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         chance_acc1=1.0 / len(classnames) if classnames else None,
         train_samples=data.samples,
         skipped=skips.totals(counter),
+        storage_retries=skips.totals(storage_counter).get("storage_retries", 0),
     )
     write_summary(run_dir, summary)
     return summary

@@ -7,6 +7,8 @@ import logging
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
 import ray.train
@@ -15,20 +17,27 @@ import torch
 
 from raylpclip.config import PretrainConfig, from_dict
 from raylpclip.data.mixing import mix_batches
-from raylpclip.engine.checkpoint import load_state, save_state
+from raylpclip.data.storage import take_failed_uploads
+from raylpclip.engine.checkpoint import CheckpointError, load_state, save_state
 from raylpclip.engine.evaluate import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
 from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.models.factory import build_tower
-from raylpclip.runtime import skips
+from raylpclip.runtime import position, skips
+from raylpclip.runtime.checkpoints import choose
+from raylpclip.runtime.faults import Probe
+from raylpclip.runtime.train_streams import TrainStreams
+
+POSITION_FILE = "data_position.json"
 
 
 def batch_stream(shard, *, micro_batch: int, cfg: PretrainConfig, source: str = "") -> Iterator[dict]:
     """Endless stream of fixed-size batches from this worker's shard, one Ray Data epoch after another.
 
-    drop_last keeps every worker's batch the same size: the gathered loss needs equal shapes.
+    drop_last keeps every worker's batch the same size: the gathered loss needs equal shapes. Plain
+    streams without data positions (the pretraining run itself uses TrainStreams, which resumes mid-epoch).
     """
     epoch = 0
     buffer = cfg.data.shuffle_buffer or None
@@ -64,10 +73,13 @@ class RayHooks:
 
     def __init__(self, *, task: PretrainTask, optimizer, scheduler, cfg: PretrainConfig, tokenizer,
                  classnames: list[str], device: torch.device, start: LoopState, counter=None,
-                 train_samples: int | None = None):
+                 train_samples: int | None = None, streams: TrainStreams | None = None, storage_counter=None):
         self.task, self.optimizer, self.scheduler = task, optimizer, scheduler
         self.cfg, self.tokenizer, self.classnames, self.device = cfg, tokenizer, classnames, device
         self.counter, self.train_samples = counter, train_samples
+        # `streams` (TrainStreams): the data position is gathered from every worker and saved with each
+        # checkpoint. `storage_counter`: counts of run-storage retries (S3), shown with the skips.
+        self.streams, self.storage_counter = streams, storage_counter
         self.rank = ray.train.get_context().get_world_rank()
         self.start_samples, self.start_time = start.samples_seen, time.perf_counter()
         self.reported_final = False
@@ -82,13 +94,19 @@ class RayHooks:
             metrics["epoch"] = state.samples_seen / self.train_samples
         if self.rank == 0:
             metrics.update({f"skipped_{k}": v for k, v in skips.totals(self.counter).items()})
+            metrics.update(skips.totals(self.storage_counter))
             self._print(state, metrics)
+        # Every worker takes part in gathering the data position (a collective), rank 0 saves it.
+        positions = self.streams.checkpoint_positions() if save and self.streams is not None else None
         if save and self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:
-                self._save(state, tmp)
+                self._save(state, tmp, positions)
                 ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
         else:
             ray.train.report(metrics, checkpoint=None)
+        failed = take_failed_uploads()
+        if failed:  # the checkpoint did not reach storage: stop rather than train on without one
+            raise CheckpointError(f"checkpoint upload failed after retries: {'; '.join(failed)}")
         self.reported_final |= final
 
     def _evaluate(self) -> dict:
@@ -101,11 +119,12 @@ class RayHooks:
                                          context_length=self.cfg.data.context_length, device=self.device)
         return zeroshot_evaluate(tower, classifier, batches, device=self.device, precision=self.cfg.train.precision)
 
-    def _save(self, state: LoopState, directory: str) -> None:
+    def _save(self, state: LoopState, directory: str, positions: list | None = None) -> None:
+        extra = {POSITION_FILE: position.dumps(positions, step=state.step)} if positions is not None else None
         save_state(directory, state={
             "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": state.step, "samples_seen": state.samples_seen,
-        }, meta={"step": state.step, "samples_seen": state.samples_seen, "name": self.cfg.name})
+        }, meta={"step": state.step, "samples_seen": state.samples_seen, "name": self.cfg.name}, extra=extra)
 
     def _print(self, state: LoopState, m: dict) -> None:
         line = (f"[raylpclip] step {state.step}/{self.cfg.train.steps} loss {m.get('loss', float('nan')):.4f} "
@@ -116,6 +135,8 @@ class RayHooks:
         skipped = {k[len("skipped_"):]: v for k, v in m.items() if k.startswith("skipped_")}
         if skipped:
             line += f" skipped {skipped}"
+        if m.get("storage_retries"):
+            line += f" storage-retries {m['storage_retries']}"
         if "acc1" in m:
             line += f" | zero-shot acc1 {m['acc1']:.3f} acc5 {m['acc5']:.3f}"
         if "image_retrieval_recall@5" in m:
@@ -124,17 +145,36 @@ class RayHooks:
         progress(line)
 
 
-def restore(task: PretrainTask, optimizer, scheduler) -> LoopState:
-    """Load the latest reported checkpoint, if this run has one (Ray finds it by run name)."""
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return LoopState()
-    with checkpoint.as_directory() as directory:
-        state = load_state(directory)
+@dataclass
+class Restored:
+    state: LoopState
+    positions: list | None = None  # the data position saved with the checkpoint (runtime/position.py)
+    path: str | None = None
+
+
+def restore_run(task: PretrainTask, optimizer, scheduler, *, say=None) -> Restored:
+    """Load the run's latest usable checkpoint: Ray's latest, or (when that one is damaged, see
+    runtime/checkpoints.py) the newest older one that passes its checks, saying so through `say`."""
+    latest = ray.train.get_checkpoint()
+    if latest is None:
+        return Restored(LoopState())
+
+    def load(path: str):
+        with ray.train.Checkpoint(path, latest.filesystem).as_directory() as directory:
+            state = load_state(directory)
+            pos_file = Path(directory) / POSITION_FILE
+            return state, (position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None)
+
+    found, (state, positions) = choose(latest.filesystem, latest.path, load=load, warn=say or (lambda line: None))
     task.load_state_dict(state["task"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"]))
+    return Restored(LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"])), positions, found.path)
+
+
+def restore(task: PretrainTask, optimizer, scheduler) -> LoopState:
+    """Load the run's latest usable checkpoint, if it has one (Ray finds the run by name)."""
+    return restore_run(task, optimizer, scheduler).state
 
 
 def progress(line: str) -> None:
@@ -166,15 +206,26 @@ def pretrain_worker(loop_config: dict) -> None:
     optimizer = build_optimizer(unwrap(model), cfg.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank)
-    state = restore(task, optimizer, scheduler)
-    if rank == 0 and state.step:
-        progress(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen)")
+    say = progress if rank == 0 else (lambda line: None)
+    restored = restore_run(task, optimizer, scheduler, say=say)
+    state = restored.state
+    if state.step:
+        say(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen) "
+            f"with {world} workers, from {Path(restored.path).name}")
+    elif loop_config.get("elastic"):
+        say(f"[raylpclip] training with {world} workers (elastic {loop_config['elastic']})")
 
     micro = cfg.train.batch_size // (world * cfg.optim.accum_steps)
-    batches = train_batches(cfg, micro_batch=micro, rank=rank)
+    probe = Probe.from_config(loop_config.get("probe"), rank=rank, world=world, start_step=state.step,
+                              accum_steps=cfg.optim.accum_steps)
+    streams = TrainStreams(cfg, files=loop_config["train_files"], formats=loop_config["train_formats"],
+                           tokenizer=tokenizer, restored=restored.positions, counter=loop_config.get("counter"),
+                           probe=probe, say=say)
+    batches = streams.batches(micro)
     hooks = RayHooks(task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, tokenizer=tokenizer,
                      classnames=loop_config["classnames"], device=device, start=state,
-                     counter=loop_config.get("counter"), train_samples=loop_config.get("train_samples"))
+                     counter=loop_config.get("counter"), train_samples=loop_config.get("train_samples"),
+                     streams=streams, storage_counter=loop_config.get("storage_counter"))
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
              train=cfg.train, optim=cfg.optim, hooks=hooks, device=device)
     if not hooks.reported_final:  # re-run of a finished run: nothing to train, still report the result

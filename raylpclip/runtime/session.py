@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -27,14 +28,34 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(
-        num_cpus=cfg.num_cpus,
-        _node_ip_address="127.0.0.1",  # never listen beyond loopback in local mode
-        include_dashboard=cfg.dashboard,
-        dashboard_host="127.0.0.1",
-        log_to_driver=True,
-    )
+    with loopback_node():
+        ray.init(
+            num_cpus=cfg.num_cpus,
+            _node_ip_address="127.0.0.1",  # never listen beyond loopback in local mode
+            include_dashboard=cfg.dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+        )
     quiet_ray_data()
+
+
+@contextlib.contextmanager
+def loopback_node():
+    """Make ray.init keep `_node_ip_address="127.0.0.1"`.
+
+    ray.init passes a loopback node address through `resolve_ip_for_localhost`, which on Linux swaps
+    it for the machine's routable IP; the GCS, raylet, workers and agents then listen on all
+    interfaces. With that swap off the node is 127.0.0.1 and Ray (>= 2.50) binds its servers there.
+    tests/integration/test_security.py lists the sockets of a local instance to keep this true.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False  # read by services.get_node_ip_address at call time
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 def quiet_ray_data() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import Counter
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 
 @ray.remote(num_cpus=0)
@@ -24,7 +25,9 @@ class SkipCounter:
 
 
 def new_counter():
-    return SkipCounter.remote()
+    # On the driver's node: a node lost mid-run (see runtime/node_drill.py) must not take the counts along.
+    here = ray.get_runtime_context().get_node_id()
+    return SkipCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
 
 
 def totals(counter) -> dict[str, int]:

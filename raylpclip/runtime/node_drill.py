@@ -1,0 +1,75 @@
+"""Node-loss drill: a two-node Ray cluster on this machine, a run whose Train workers need a `trainer`
+resource that each node offers once (so one worker lands on each), and the second node removed once
+the run is past a given step. With an elastic worker group (train.min_workers) the run goes on with
+the workers that still fit; the progress lines say with how many.
+
+    python -m raylpclip.runtime.node_drill RESULT.json REMOVE_AFTER_STEP key=value ...
+
+runs `raylpclip pretrain` with the given overrides (plus ray.address of the drill cluster and the
+worker resource) and writes a JSON result: the summary, the probe records' numbers and how many
+workers trained before and after the loss. Every node listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _cluster(head_cpus: int, node_cpus: int):
+    from ray.cluster_utils import Cluster
+
+    from raylpclip.runtime.session import loopback_node
+
+    with loopback_node():
+        cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": head_cpus, "resources": {"trainer": 1}, "node_ip_address": "127.0.0.1",
+            "dashboard_host": "127.0.0.1", "include_dashboard": True})
+        node = cluster.add_node(num_cpus=node_cpus, resources={"trainer": 1}, node_ip_address="127.0.0.1")
+    cluster.wait_for_nodes()
+    return cluster, node
+
+
+def run(result_path: str, remove_after_step: int, overrides: list[str], *, head_cpus: int = 6, node_cpus: int = 1) -> dict:
+    import ray
+
+    from raylpclip.config import PretrainConfig, load_config
+    from raylpclip.runtime.faults import PROBE_ENV, ProbeRecords, wait_for
+    from raylpclip.runtime.pretrain import run_pretrain
+
+    probe = os.environ.setdefault(PROBE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
+    cluster, node = _cluster(head_cpus, node_cpus)
+    removed: dict = {}
+
+    def remove_when_past_step():
+        def on_node():  # the worker on the doomed node has written its marker and trained past the step
+            records = ProbeRecords.read(probe)
+            return records.max_step() >= remove_after_step and any(w["node"] == node.node_id for w in records.workers)
+        wait_for(on_node, timeout=900, what=f"step {remove_after_step} with a worker on the second node")
+        removed.update(step=ProbeRecords.read(probe).max_step(), time=time.time())
+        print(f"[drill] removing node {node.node_id[:8]} after step {removed['step']}", flush=True)
+        cluster.remove_node(node, allow_graceful=False)
+
+    threading.Thread(target=remove_when_past_step, daemon=True).start()
+    try:
+        ray.init(address=cluster.address, log_to_driver=True)
+        cfg = load_config(PretrainConfig, None, [*overrides, f"ray.address={cluster.address}",
+                                                  "train.worker_resources={trainer: 1}"])
+        summary = run_pretrain(cfg)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    records = ProbeRecords.read(probe)
+    result = {"summary": summary, "removed_after_step": removed.get("step"), "replayed": records.replayed(),
+              "worker_starts": [{k: w[k] for k in ("rank", "world", "start_step")} for w in records.workers]}
+    Path(result_path).write_text(json.dumps(result, indent=2, default=str))
+    return result
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

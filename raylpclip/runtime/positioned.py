@@ -1,0 +1,141 @@
+"""Training readers whose rows carry their `position` (shard ordinal, row in shard), and that can skip
+the positions a resumed run has already consumed, before anything is decoded.
+
+Both formats: webdataset tars through the tolerant reader, parquet shards read file by file (Ray's
+`read_parquet` cannot say which row of a file a row is). Shards a resumed run has consumed whole are
+not opened at all; in the others, consumed rows are dropped as they are read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Iterator
+
+import fsspec
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from ray.data import Dataset, FileShuffleConfig
+from ray.data.datasource import FileBasedDatasource
+
+from raylpclip import columns
+from raylpclip.config import DataConfig, S3Config
+from raylpclip.data.shards import _stats_path
+from raylpclip.data.storage import arrow_filesystem
+from raylpclip.runtime.datasets import decoded
+from raylpclip.runtime.position import RangeSet, pack, shard_of
+from raylpclip.runtime.webdataset import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
+
+
+def path_key(path: str) -> str:
+    """The same key for a shard whether spelled `s3://b/k`, `b/k` (what pyarrow passes) or a local path."""
+    return os.path.normpath(path.split("://", 1)[-1]).lstrip("/")
+
+
+class _Positions:
+    """Mixin: the ordinal of each file, and the filter applied to each block a file gives."""
+
+    def _init_positions(self, files: list[str], skip: RangeSet | None) -> None:
+        self._ordinals = {path_key(f): i for i, f in enumerate(files)}
+        self._skip = skip if skip is not None and len(skip) else None
+
+    def _positioned(self, blocks: Iterator[pa.Table], path: str) -> Iterator[pa.Table]:
+        ordinal = self._ordinals.get(path_key(path))
+        if ordinal is None:
+            raise ValueError(f"shard {path} is not in this source's file list; positions need a fixed list")
+        row = 0
+        for table in blocks:
+            positions = pack(ordinal, np.arange(row, row + table.num_rows))
+            row += table.num_rows
+            table = table.append_column(columns.POSITION, pa.array(positions, pa.int64()))
+            if self._skip is not None:
+                table = table.filter(pa.array(~self._skip.contains(positions)))
+            if table.num_rows:
+                yield table
+
+
+class PositionedWebDataset(_Positions, TolerantWebDatasetDatasource):
+    def __init__(self, paths: list[str], *, files: list[str], skip: RangeSet | None = None, **kwargs):
+        super().__init__(paths, **kwargs)
+        self._init_positions(files, skip)
+
+    def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
+        yield from self._positioned(super()._read_stream(stream, path), path)
+
+
+class PositionedParquet(_Positions, FileBasedDatasource):
+    """img2dataset parquet shards, one file per read task, rows in file order, plus `path`."""
+
+    _FILE_EXTENSIONS = ["parquet"]
+
+    def __init__(self, paths: list[str], *, files: list[str], skip: RangeSet | None = None, **kwargs):
+        super().__init__(paths, **kwargs)
+        self._init_positions(files, skip)
+
+    def get_name(self) -> str:
+        return "ReadParquetShards"
+
+    def _open_input_source(self, filesystem, path: str, **open_args):
+        return filesystem.open_input_file(path)  # parquet needs random access (footer first)
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        def blocks():
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK):
+                table = pa.Table.from_batches([batch])
+                yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
+
+        yield from self._positioned(blocks(), path)
+
+
+def shard_counts(files: list[str]) -> list[int | None]:
+    """Samples in each shard per its img2dataset `_stats.json` (None where unknown), one batched fetch."""
+    if not files:
+        return []
+    fs = fsspec.core.url_to_fs(files[0])[0]
+    stats = [_stats_path(fsspec.core.url_to_fs(f)[1]) for f in files]
+    try:
+        contents = fs.cat(stats, on_error="return")
+    except OSError:
+        return [None] * len(files)
+    counts = []
+    for path in stats:
+        try:
+            counts.append(int(json.loads(contents[path])["successes"]))
+        except (KeyError, TypeError, ValueError):
+            counts.append(None)
+    return counts
+
+
+def unconsumed_files(files: list[str], skip: RangeSet | None) -> list[str]:
+    """`files` without the shards whose every sample (per their `_stats.json`) is in `skip`."""
+    if skip is None or not len(skip):
+        return list(files)
+    touched = sorted({int(o) for o in shard_of(skip.starts)} & set(range(len(files))))
+    counts = dict(zip(touched, shard_counts([files[i] for i in touched])))
+    return [f for i, f in enumerate(files) if counts.get(i) is None or not skip.covers_shard(i, counts[i])]
+
+
+def read_positioned(files: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
+                    counter=None, skip: RangeSet | None = None) -> Dataset | None:
+    """Stream a source's shards (`files`: its whole sorted list, which fixes the ordinals), leaving
+    out the positions in `skip`; None when `skip` leaves no shard. Shard order is reshuffled every
+    execution when a seed is given."""
+    paths = unconsumed_files(files, skip)
+    if not paths:
+        return None
+    shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
+    kwargs = dict(files=files, skip=skip, filesystem=arrow_filesystem(paths, s3 or S3Config()), shuffle=shuffle)
+    if fmt == "webdataset":
+        return ray.data.read_datasource(PositionedWebDataset(paths, counter=counter, **kwargs))
+    return ray.data.read_datasource(PositionedParquet(paths, **kwargs))
+
+
+def train_source(files: list[str], *, fmt: str, cfg: DataConfig, tokenizer, counter=None,
+                 skip: RangeSet | None = None, shuffle_seed: int | None = None) -> Dataset | None:
+    """One training source, decoded, rows positioned (and `skip` left out; None when nothing is left)."""
+    seed = cfg.shuffle_seed if shuffle_seed is None else shuffle_seed
+    ds = read_positioned(files, fmt=fmt, s3=cfg.s3, shuffle_seed=seed, counter=counter, skip=skip)
+    return None if ds is None else decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter)

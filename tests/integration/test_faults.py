@@ -1,0 +1,246 @@
+"""Faults injected into short pretraining runs, each compared with one uninterrupted reference run:
+a Train worker SIGKILLed, a node removed, the driver SIGKILLed and the command re-run, the newest
+checkpoint truncated, S3 run storage answering 503 SlowDown. Every run records the samples of each
+step (runtime/faults.py probe), so "samples replayed" counts trainings on a sample already trained on
+in the same epoch. The module writes the fault table (runs/faults/fault_table.{md,json}) and prints it.
+
+One epoch is 1500 samples and a run trains 40 steps of 32 = 1280: an uninterrupted run sees no
+sample twice, and a resumed run may repeat only what it trained after its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import s3fs
+
+from raylpclip.config import PretrainConfig, load_config
+from raylpclip.models.tokenizer import train_tokenizer
+from raylpclip.runtime.faults import (PROBE_ENV, FaultProxy, ProbeRecords, checkpoint_dirs, first_try_of,
+                                      kill_worker_when, run_until, truncate)
+from raylpclip.runtime.pretrain import run_pretrain
+
+pytestmark = pytest.mark.ray
+REPO = Path(__file__).resolve().parents[2]
+STEPS, EVERY, BATCH = 40, 10, 32
+INTERVAL = EVERY * BATCH  # samples of one checkpoint interval
+# Final loss (mean of the last 5 steps) of a resumed run vs the reference: the data order differs
+# (parallel reads), the model and optimizer state at the restored step are exactly the reference's.
+LOSS_TOLERANCE = 0.25
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory, synthetic_shards) -> Path:
+    """One tokenizer for every run, so that losses compare (the same vocabulary and initial weights)."""
+    from raylpclip.data.metadata import sample_captions
+    from raylpclip.data.shards import resolve_shards
+
+    files, fmt = resolve_shards(str(synthetic_shards["webdataset"]))
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(sample_captions(files, fmt=fmt, limit=1500), vocab_size=400, out_dir=str(out))
+    return out
+
+
+def overrides(shards, tokenizer_dir, out: Path, name: str, *extra: str) -> list[str]:
+    return [
+        f"data.train={shards['webdataset']}", f"output_dir={out}", f"name={name}", f"model.tokenizer={tokenizer_dir}",
+        f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=5", f"train.batch_size={BATCH}",
+        "train.keep_checkpoints=2", "data.image_size=32", "data.shuffle_buffer=64", "data.decode_batch_size=64",
+        "model.overrides={vision.image_size: 32, vision.patch_size: 8, vision.num_hidden_layers: 1, text.num_hidden_layers: 1}",
+        *extra,
+    ]
+
+
+class FaultTable:
+    """Rows of the closing table, written and printed when the module ends."""
+
+    COLUMNS = ("fault", "finished", "final step", "reference step", "resumed from", "samples replayed",
+               "replay bound", "final loss", "reference loss")
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, fault: str, summary: dict | None, reference: dict, records: ProbeRecords | None, *,
+            resumed_from=None, bound=INTERVAL) -> None:
+        self.rows.append({
+            "fault": fault, "finished": summary is not None and summary.get("step") == STEPS,
+            "final step": summary.get("step") if summary else None, "reference step": reference["step"],
+            "resumed from": resumed_from, "samples replayed": records.replayed() if records else None,
+            "replay bound": bound, "final loss": round(summary["loss"], 4) if summary else None,
+            "reference loss": round(reference["loss"], 4)})
+
+    def markdown(self) -> str:
+        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
+        for row in self.rows:
+            lines.append("| " + " | ".join("" if row[c] is None else str(row[c]) for c in self.COLUMNS) + " |")
+        return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def fault_table(request):
+    table = FaultTable()
+    yield table
+    if not table.rows:
+        return
+    out = Path(os.environ.get("RAYLPCLIP_RESULTS_DIR", REPO / "runs" / "faults"))
+    out.mkdir(parents=True, exist_ok=True)
+    text = (f"Faults injected into {STEPS}-step runs (batch {BATCH}, checkpoint every {EVERY} steps, 2 CPU workers), "
+            f"against one uninterrupted run\n\n{table.markdown()}\n")
+    (out / "fault_table.md").write_text(text)
+    (out / "fault_table.json").write_text(json.dumps(table.rows, indent=2))
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        for line in text.splitlines():
+            reporter.write_line(line)
+
+
+def _run(cfg_overrides: list[str], probe: Path, monkeypatch) -> tuple[dict, ProbeRecords]:
+    monkeypatch.setenv(PROBE_ENV, str(probe))
+    summary = run_pretrain(load_config(PretrainConfig, None, cfg_overrides))
+    return summary, ProbeRecords.read(probe)
+
+
+@pytest.fixture(scope="module")
+def reference(ray_session, synthetic_shards, tokenizer_dir, tmp_path_factory, fault_table):
+    """The uninterrupted run every fault is compared with."""
+    out = tmp_path_factory.mktemp("reference")
+    mp = pytest.MonkeyPatch()
+    try:
+        summary, records = _run(overrides(synthetic_shards, tokenizer_dir, out, "ref"), out / "probe", mp)
+    finally:
+        mp.undo()
+    assert summary["step"] == STEPS and records.replayed() == 0
+    assert len(records.seen()) == STEPS * BATCH  # 1280 distinct samples of the 1500
+    fault_table.add("none (reference)", summary, summary, records)
+    return {"summary": summary, "records": records, "run_dir": out / "ref", "out": out}
+
+
+def _assert_close_to_reference(summary: dict, reference: dict) -> None:
+    assert summary["step"] == STEPS and summary["samples_seen"] == STEPS * BATCH
+    assert abs(summary["loss"] - reference["summary"]["loss"]) < LOSS_TOLERANCE, (summary["loss"], reference["summary"]["loss"])
+
+
+def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_shards, tokenizer_dir, tmp_path,
+                                                          monkeypatch, fault_table):
+    probe = tmp_path / "probe"
+    killer = kill_worker_when(probe, rank=1, after_step=12)
+    summary, records = _run(overrides(synthetic_shards, tokenizer_dir, tmp_path, "worker-kill", "train.max_failures=2"),
+                            probe, monkeypatch)
+    killer.join(timeout=5)
+    assert killer.killed is not None, "the worker was never killed"
+    killed_at = max(b["step"] for b in records.batches if b["pid"] == killer.killed)
+    restarts = [w for w in records.workers if w["start_step"] > 0]
+    resumed = {w["start_step"] for w in restarts}
+    assert {w["rank"] for w in restarts} == {0, 1} and len(resumed) == 1  # both ranks from one checkpoint
+    resumed_from = resumed.pop()
+    assert resumed_from == killed_at // EVERY * EVERY  # the latest before the kill
+    assert killer.killed not in {w["pid"] for w in restarts}  # a new process replaced the killed one
+    _assert_close_to_reference(summary, reference)
+    # replayed: only what was trained between that checkpoint and the kill (the rest of the epoch was skipped)
+    assert records.replayed() <= min(INTERVAL, (killed_at - resumed_from) * BATCH)
+    fault_table.add(f"worker SIGKILL (rank 1, at step {killed_at})", summary, reference["summary"], records,
+                    resumed_from=resumed_from)
+
+
+def test_killed_driver_rerun_resumes_checkpoint_and_data_position(reference, synthetic_shards, tokenizer_dir,
+                                                                  tmp_path, monkeypatch, fault_table):
+    probe = tmp_path / "probe"
+    cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "driver-kill")
+    env = dict(os.environ, **{PROBE_ENV: str(probe)})
+    # The whole process group (driver, its Ray instance, workers) dies once the workers train step 23:
+    # after checkpoint 20, before checkpoint 30.
+    run_until([sys.executable, "-m", "raylpclip", "pretrain", *cfg, "ray.num_cpus=6"],
+              until=lambda: ProbeRecords.read(probe).max_step() >= 23, env=env, timeout=900)
+    killed_at = ProbeRecords.read(probe).max_step()
+    assert killed_at < 30
+    summary, records = _run(cfg, probe, monkeypatch)  # the same command again, same name: resumes
+    resumed = {w["start_step"] for w in records.workers if w["start_step"] > 0}
+    assert resumed == {20}
+    _assert_close_to_reference(summary, reference)
+    replayed = records.replayed()
+    # Without the data position the rerun would start the epoch over and repeat all 640 samples of
+    # steps 1-20 as well; with it only the steps after checkpoint 20 come again.
+    assert replayed <= min(INTERVAL, (killed_at - 20) * BATCH)
+    assert len(records.seen()) >= STEPS * BATCH - INTERVAL
+    fault_table.add(f"driver SIGKILL (after step {killed_at}), same command re-run", summary, reference["summary"],
+                    records, resumed_from=20)
+
+
+def test_truncated_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, synthetic_shards, tokenizer_dir,
+                                                               monkeypatch, capfd, fault_table):
+    run_dir = tmp_path / "ref"
+    shutil.copytree(reference["run_dir"], run_dir)  # the finished reference run, as if its last write was cut short
+    newest = checkpoint_dirs(run_dir)[-1]
+    truncate(newest / "state.pt")
+    probe = tmp_path / "probe"
+    summary, records = _run(overrides(synthetic_shards, tokenizer_dir, tmp_path, "ref"), probe, monkeypatch)
+    out = capfd.readouterr().out
+    assert f"unusable checkpoints ({newest.name}: state.pt has" in out and "resumes from" in out
+    assert {w["start_step"] for w in records.workers} == {30}  # fell back from 40 to 30 and trained 31..40
+    assert records.max_step() == STEPS and records.replayed() == 0  # alone, it repeats nothing
+    # the 10 steps it trained are samples the reference had not used up to step 30
+    before = {p for b in reference["records"].batches if b["step"] <= 30 for p in b["positions"]}
+    assert not before & set(records.seen())
+    _assert_close_to_reference(summary, reference)
+    fault_table.add("newest checkpoint truncated (state.pt cut in half)", summary, reference["summary"], records,
+                    resumed_from=30)
+
+
+@pytest.fixture
+def runs_bucket(s3_server) -> str:
+    s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_server}).mkdir("runs")
+    return "s3://runs/faults"
+
+
+def test_s3_storage_with_transient_errors(reference, s3_server, runs_bucket, synthetic_shards, tokenizer_dir, tmp_path,
+                                          monkeypatch, fault_table):
+    with FaultProxy(s3_server, fail=first_try_of(r"/state\.pt$")) as proxy:
+        cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "s3-errors", f"ray.storage_path={runs_bucket}",
+                        f"data.s3.endpoint_url={proxy.url}")
+        summary, records = _run(cfg, tmp_path / "probe", monkeypatch)
+    assert proxy.total_injected >= STEPS // EVERY  # every checkpoint's first upload of state.pt failed
+    assert summary["storage_retries"] == proxy.total_injected  # each one retried, each retry counted
+    assert summary["checkpoint"].startswith("runs/faults/s3-errors/checkpoint_")
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_server})
+    stored = fs.ls(f"runs/faults/s3-errors/{summary['checkpoint'].rsplit('/', 1)[1]}")
+    assert {p.rsplit("/", 1)[1] for p in stored} >= {"state.pt", "meta.json", "manifest.json", "data_position.json"}
+    _assert_close_to_reference(summary, reference)
+    fault_table.add(f"S3 storage, {proxy.total_injected} PUTs answered 503 SlowDown", summary, reference["summary"],
+                    records, bound=0)
+    assert records.replayed() == 0
+
+
+def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, synthetic_shards, tokenizer_dir, tmp_path,
+                                                             fault_table):
+    """A head and a second node with one Train worker each (elastic 1-2 workers); the second node is
+    removed after step 15. Runs in a subprocess: it needs its own multi-node Ray cluster."""
+    cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "node-loss", "train.min_workers=1",
+                    "train.max_failures=2", "data.decode_concurrency=1")
+    result_path = tmp_path / "result.json"
+    env = dict(os.environ, **{PROBE_ENV: str(tmp_path / "probe")})
+    proc = subprocess.run([sys.executable, "-m", "raylpclip.runtime.node_drill", str(result_path), "12", *cfg],
+                          capture_output=True, text=True, timeout=900, env=env)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and result_path.is_file(), out[-6000:]
+    result = json.loads(result_path.read_text())
+    starts = result["worker_starts"]
+    assert {w["world"] for w in starts if w["start_step"] == 0} == {2}
+    after = [w for w in starts if w["start_step"] > 0]
+    resumed = {w["start_step"] for w in after}
+    assert after and {w["world"] for w in after} == {1} and len(resumed) == 1
+    resumed_from = resumed.pop()
+    assert resumed_from in (10, 20)  # the latest checkpoint before the node went
+    assert f"resumed node-loss at step {resumed_from}" in out and "with 1 workers" in out
+    summary = result["summary"]
+    _assert_close_to_reference(summary, reference)
+    records = ProbeRecords.read(tmp_path / "probe")
+    assert records.replayed() <= INTERVAL
+    fault_table.add(f"node removed (at step {result['removed_after_step']}), elastic 2 -> 1 workers", summary,
+                    reference["summary"], records, resumed_from=resumed_from)
