@@ -103,3 +103,14 @@ def gather_objects(obj):
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def ddp_kwargs(*, bucket_cap_mb: float) -> dict:
+    """DistributedDataParallel options (Ray Train's `prepare_model(parallel_strategy_kwargs=...)`).
+
+    bucket_cap_mb: gradients are all-reduced in buckets of this size as backward produces them;
+    smaller buckets start communicating earlier (more overlap with backward), larger ones make fewer
+    calls. gradient_as_bucket_view: parameters' .grad are views into the buckets, which saves one
+    gradient-sized buffer and one copy per step (the optimizer and clipping work on them in place).
+    """
+    return {"bucket_cap_mb": bucket_cap_mb, "gradient_as_bucket_view": True}

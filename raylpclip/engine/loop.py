@@ -29,19 +29,30 @@ class LoopHooks(Protocol):
 
 @dataclass
 class _Window:
-    """Running sums over the steps since the last report."""
+    """Running sums over the steps since the last report.
+
+    The sums stay tensors on the training device until the report: a float() per metric per step
+    would make the host wait for the accelerator every step, and the next step's kernels could not
+    be queued while the current ones run."""
 
     steps: int = 0
     wall: float = 0.0
     wait: float = 0.0
-    sums: dict[str, float] = field(default_factory=dict)
+    first_step: int = 0
+    sums: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def add(self, metrics: dict[str, torch.Tensor]) -> None:
         for k, v in metrics.items():
-            self.sums[k] = self.sums.get(k, 0.0) + float(v)
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v))
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+
+    def check_finite(self) -> None:
+        """Raise if any step of the window had a non-finite loss (one host sync, at report time)."""
+        if "loss" in self.sums and not torch.isfinite(self.sums["loss"]):
+            raise FloatingPointError(f"non-finite loss in steps {self.first_step}..{self.first_step + self.steps - 1}")
 
     def summary(self, *, global_batch: int) -> dict[str, float]:
-        out = {k: v / max(1, self.steps) for k, v in self.sums.items()}
+        out = {k: float(v) / max(1, self.steps) for k, v in self.sums.items()}
         out["samples_per_s"] = global_batch * self.steps / max(self.wall, 1e-9)
         out["data_wait_fraction"] = self.wait / max(self.wall, 1e-9)
         out["step_time_s"] = self.wall / max(1, self.steps)
@@ -55,7 +66,9 @@ def autocast(precision: str, device: torch.device):
 
 
 def _no_sync(model: torch.nn.Module, skip_sync: bool):
-    # Under accumulation only the last micro-step all-reduces gradients (DDP's no_sync).
+    """Under accumulation only the last micro-step all-reduces gradients (DDP's no_sync). DDP decides in
+    the forward whether the coming backward syncs, so the context must cover the forward; the backward
+    may run after it exits (tests/unit/test_memory.py counts the all-reduces)."""
     return model.no_sync() if skip_sync and hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
@@ -70,13 +83,21 @@ def run_loop(
     optim: OptimConfig,
     hooks: LoopHooks,
     device: torch.device = torch.device("cpu"),
+    check_every_step: bool | None = None,
 ) -> LoopState:
-    """Run optimizer steps from `state.step` to `train.steps`. `task` is e.g. a PretrainTask."""
-    window = _Window()
+    """Run optimizer steps from `state.step` to `train.steps`. `task` is e.g. a PretrainTask.
+
+    A non-finite loss raises FloatingPointError. `check_every_step` (default: on CPU, where it costs
+    nothing) checks before each optimizer step, naming the step; otherwise (accelerators, where the
+    check would stall the host every step) the window is checked at each report, before the hook can
+    save a checkpoint, so no checkpoint ever holds the poisoned weights.
+    """
+    every_step = device.type == "cpu" if check_every_step is None else check_every_step
+    window = _Window(first_step=state.step)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     while state.step < train.steps:
         start = time.perf_counter()
-        metrics, waited = _one_step(task, optimizer, batches, params, state.step, train, optim, device)
+        metrics, waited = _one_step(task, optimizer, batches, params, state.step, train, optim, device, every_step)
         scheduler.step()
         task.after_step()
         state.step += 1
@@ -89,14 +110,15 @@ def run_loop(
         save = final or (train.checkpoint_every > 0 and state.step % train.checkpoint_every == 0)
         evaluate = final or (train.eval_every > 0 and state.step % train.eval_every == 0)
         if final or save or evaluate or state.step % train.log_every == 0:
+            window.check_finite()
             summary = window.summary(global_batch=train.batch_size)
             summary["lr"] = scheduler.get_last_lr()[0]
             hooks.report(state, summary, save=save, evaluate=evaluate, final=final)
-            window = _Window()
+            window = _Window(first_step=state.step)
     return state
 
 
-def _one_step(task, optimizer, batches, params, step, train, optim, device):
+def _one_step(task, optimizer, batches, params, step, train, optim, device, check_finite):
     waited = 0.0
     sums: dict[str, torch.Tensor] = {}
     for micro in range(optim.accum_steps):
@@ -114,7 +136,7 @@ def _one_step(task, optimizer, batches, params, step, train, optim, device):
         for k, v in out.items():
             sums[k] = sums.get(k, 0.0) + v.detach().float() / optim.accum_steps
     sums["loss"] = sum(v for k, v in sums.items() if k.endswith("_loss"))
-    if not torch.isfinite(sums["loss"]):
+    if check_finite and not torch.isfinite(sums["loss"]):
         # Stop before the optimizer writes NaN into the weights (and into the next checkpoint).
         raise FloatingPointError(f"non-finite loss {float(sums['loss'])} at step {step}")
     if optim.grad_clip > 0:

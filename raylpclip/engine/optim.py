@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 
 from raylpclip.config import OptimConfig
+
+log = logging.getLogger(__name__)
 
 
 def _no_decay(name: str, param: torch.nn.Parameter) -> bool:
@@ -27,13 +30,18 @@ def param_groups(model: torch.nn.Module, *, weight_decay: float) -> list[dict]:
 
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, *, fused: bool = False) -> torch.optim.AdamW:
-    return torch.optim.AdamW(
-        param_groups(model, weight_decay=cfg.weight_decay),
-        lr=cfg.lr,
-        betas=(cfg.beta1, cfg.beta2),
-        eps=cfg.eps,
-        fused=fused or None,
-    )
+    """AdamW over `param_groups`. `fused`: torch's single-kernel AdamW (CUDA, and CPU since torch 2.4),
+    which reads and writes each parameter's state once per step instead of once per foreach op; where
+    this torch or device lacks it, the default (foreach) implementation runs and a note is logged."""
+    kwargs = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    groups = param_groups(model, weight_decay=cfg.weight_decay)
+    if fused:
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, TypeError, ValueError) as exc:  # torch raises RuntimeError for unsupported devices
+            log.warning("train.fused_adamw: fused AdamW unavailable here (%s); using the foreach AdamW",
+                        str(exc).splitlines()[0])
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_factor(step: int, *, total_steps: int, warmup_steps: int, schedule: str, min_ratio: float) -> float:

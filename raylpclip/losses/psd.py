@@ -162,7 +162,9 @@ def psd_loss(
         "psd_alpha": torch.tensor(float(alpha), device=device),
         "soft_fraction": mask.float().mean() if b > 0 else torch.zeros((), device=device),
     }
-    if alpha == 0.0 or not bool(mask.any()):
+    # The mask holds exactly round(fraction * b) rows: asking the host, not the mask, keeps this branch from
+    # waiting for the accelerator every step.
+    if alpha == 0.0 or round(subset_fraction * b) == 0:
         # Same code path as clip_loss: a_max = 0 must reproduce CLIP exactly (methods.md).
         return {"contrastive_loss": hard_contrastive_loss(logits_per_image, logits_per_text, labels), **stats}
 

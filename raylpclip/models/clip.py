@@ -155,9 +155,34 @@ class ClipTower(torch.nn.Module):
     def __init__(self, clip: CLIPModel):
         super().__init__()
         self.clip = clip
+        self.channels_last = False
+
+    def enable_grad_checkpointing(self) -> None:
+        """Recompute each encoder layer's activations in backward instead of keeping them: activation
+        memory drops from O(layers) to O(1) layer, for about one more forward per step. Non-reentrant
+        checkpointing (works under DDP and autocast). Takes effect in train mode only (HF's rule)."""
+        kwargs = {"use_reentrant": False}
+        if hasattr(self.clip, "activation_checkpointing_enable"):  # transformers >= 5.x name
+            self.clip.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            self.clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+    def use_channels_last(self) -> None:
+        """Channels-last weights for the conv patch embedding and channels-last images into it (the
+        layout cuDNN's fast conv kernels want). The rest of a ViT works on (B, tokens, width) and is unaffected."""
+        self.clip.vision_model.embeddings.patch_embedding.to(memory_format=torch.channels_last)
+        self.channels_last = True
+
+    def compile_towers(self, **kwargs) -> None:
+        """torch.compile the vision and text towers in place (`nn.Module.compile`): state_dict keys stay
+        unchanged, so checkpoints and exports do not care whether a run compiled."""
+        self.clip.vision_model.compile(**kwargs)
+        self.clip.text_model.compile(**kwargs)
 
     def encode_image(self, image: torch.Tensor, *, normalize: bool = True) -> torch.Tensor:
         """float (B, 3, H, W), already normalised -> (B, D) projected features (unit norm by default)."""
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         pooled = self.clip.vision_model(pixel_values=image).pooler_output
         features = self.clip.visual_projection(pooled)
         return F.normalize(features, dim=-1) if normalize else features

@@ -1,0 +1,71 @@
+"""Model, optimizer, schedule and task for PSD pretraining, with the speed/memory switches of TrainConfig.
+
+One builder for the Ray worker (runtime/pretrain_worker.py), the train benchmark's plain loop and
+tests, so that "the same model and step" means the same code. Pure torch: the caller passes `wrap`
+(Ray Train's DDP `prepare_model`) when it trains distributed.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from raylpclip.config import PretrainConfig, TrainConfig
+from raylpclip.engine.optim import build_optimizer, build_scheduler
+from raylpclip.engine.pretrain_task import PretrainTask, unwrap
+from raylpclip.models.clip import ClipTower
+from raylpclip.models.factory import build_tower
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Training:
+    model: torch.nn.Module  # the ClipTower, DDP-wrapped when `wrap` was given
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    task: PretrainTask
+
+
+@functools.lru_cache(maxsize=1)
+def compile_unavailable() -> str | None:
+    """None when torch.compile works here, else why not. Compiles a one-line function once per process:
+    inductor on CPU needs a C++ compiler, on GPU triton; a missing one only shows at the first call."""
+    try:
+        torch.compile(lambda x: x * 2 + 1)(torch.ones(2))
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure means: run eager
+        return f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+
+
+def prepare_tower(tower: ClipTower, train: TrainConfig) -> ClipTower:
+    """Apply the tower switches of `train` in place (before DDP wraps it) and return the tower."""
+    tower.train()  # HF checkpoints layers only in train mode
+    if train.grad_checkpointing:
+        tower.enable_grad_checkpointing()
+    if train.channels_last:
+        tower.use_channels_last()
+    if train.compile:
+        reason = compile_unavailable()
+        if reason is None:
+            tower.compile_towers()
+        else:
+            log.warning("train.compile: torch.compile does not work here (%s); training runs eager", reason)
+    return tower
+
+
+def build_training(cfg: PretrainConfig, *, tokenizer, rank: int, device: torch.device,
+                   wrap: Callable[[torch.nn.Module], torch.nn.Module] | None = None) -> Training:
+    """The tower (seeded: identical initial weights on every rank), switches applied, moved or wrapped,
+    then AdamW, the lr schedule and the PSD task."""
+    torch.manual_seed(cfg.train.seed)
+    tower = prepare_tower(build_tower(cfg.model, tokenizer=tokenizer), cfg.train)
+    model = wrap(tower) if wrap is not None else tower.to(device)
+    optimizer = build_optimizer(unwrap(model), cfg.optim, fused=cfg.train.fused_adamw)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
+    task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank)
+    return Training(model, optimizer, scheduler, task)
