@@ -130,10 +130,14 @@ def load_scaling(path: str | None, overrides: Sequence[str] = ()) -> ScalingExpe
     base_file = raw.pop("base", None)
     section_raw = raw.pop("scaling", None) or {}
     synthetic_raw = raw.pop("synthetic", None)
+    base = OmegaConf.structured(PretrainConfig)
+    if base_file:
+        base_path = _base_path(str(base_file), path)
+        try:
+            base = OmegaConf.merge(base, _load_yaml(base_path, "config key 'base'"))
+        except OmegaConfBaseException as exc:
+            raise ConfigError(f"{_wrap(exc)} (in base file {base_path})") from None
     try:
-        base = OmegaConf.structured(PretrainConfig)
-        if base_file:
-            base = OmegaConf.merge(base, _load_yaml(_base_path(str(base_file), path), "config key 'base'"))
         base = OmegaConf.merge(base, raw)
     except OmegaConfBaseException as exc:
         raise _wrap(exc) from None
@@ -331,7 +335,8 @@ def finished_summary(point: Point) -> Optional[dict]:
     if saved_path.is_file():
         saved = _flatten({k: v for k, v in OmegaConf.to_container(OmegaConf.load(saved_path)).items() if k != "ray"})
         wanted = _flatten({k: v for k, v in to_dict(point.cfg).items() if k != "ray"})
-        differ = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        # Keys only one side has come from a raylpclip version that added or dropped a config field.
+        differ = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
         if differ:
             raise ConfigError(f"scaling point {point.name}: {run_dir} finished with a different config "
                               f"({', '.join(differ[:5])}); delete that directory or choose another name")

@@ -145,10 +145,12 @@ def test_default_methods_are_clip_and_psd_and_replaced_not_merged(tmp_path):
     (["data.train="], "'data.train'"),
     (["train.stepz=3"], "'train.stepz'"),
     (["base=nowhere.yaml"], "'base'"),
+    (["base=bad_base.yaml"], "config key 'psd.a_maxx': Key 'a_maxx' not in 'PSDConfig'"),
     (["synthetic.train_sampels=10"], "'synthetic.train_sampels'"),
 ])
 def test_config_errors_name_the_key(tmp_path, overrides, key):
     path = _yaml(tmp_path / "s.yaml", "data: {train: /x, eval: /y}\n")
+    _yaml(tmp_path / "bad_base.yaml", "psd: {a_maxx: 0.3}\n")
     with pytest.raises(ConfigError) as err:
         load_scaling(path, overrides)
     assert key in str(err.value), str(err.value)
@@ -176,6 +178,10 @@ def test_finished_point_is_reused_only_with_the_same_config(tmp_path):
     assert finished_summary(point) is None
     save_config(point.cfg, point.cfg.run_dir / "config.yaml")
     (point.cfg.run_dir / "summary.json").write_text(json.dumps({"acc1": 0.5}))
+    assert finished_summary(point) == {"acc1": 0.5}
+    older = (point.cfg.run_dir / "config.yaml").read_text().replace("  warmup_steps: 50\n", "")
+    assert "warmup_steps" not in older
+    (point.cfg.run_dir / "config.yaml").write_text(older)  # a version without that key: still the same run
     assert finished_summary(point) == {"acc1": 0.5}
     changed = plan_points(load_scaling(path, ["optim.lr=0.01"]))[0]
     with pytest.raises(ConfigError, match=r"clip-f1: .* different config \(optim.lr\)"):
