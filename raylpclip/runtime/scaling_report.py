@@ -94,6 +94,9 @@ def plot_scaling(rows: Sequence[dict], gain_rows: Sequence[dict], path: str | Pa
         bottom.plot(xs, ys, marker="s", color="tab:green")
         for x, y in zip(xs, ys):
             bottom.annotate(f"{y:+.3f}", (x, y), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    else:  # an experiment that has not finished both methods at any size yet
+        bottom.text(0.5, 0.5, f"no size with both {baseline} and {treatment} yet", transform=bottom.transAxes,
+                    ha="center", va="center", color="grey")
     bottom.axhline(0.0, color="grey", linewidth=0.8)
     bottom.set_ylabel(f"{treatment} - {baseline}")
     bottom.set_xlabel("training samples (log)" if counted else "fraction of training shards (log)")
