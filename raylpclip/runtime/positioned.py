@@ -12,10 +12,9 @@ import json
 import os
 from typing import Iterator
 
-import fsspec
-
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data import Dataset, FileShuffleConfig
@@ -90,52 +89,49 @@ class PositionedParquet(_Positions, FileBasedDatasource):
         yield from self._positioned(blocks(), path)
 
 
-def shard_counts(files: list[str]) -> list[int | None]:
-    """Samples in each shard per its img2dataset `_stats.json` (None where unknown), one batched fetch."""
-    if not files:
-        return []
-    fs = fsspec.core.url_to_fs(files[0])[0]
-    stats = [_stats_path(fsspec.core.url_to_fs(f)[1]) for f in files]
-    try:
-        contents = fs.cat(stats, on_error="return")
-    except OSError:
-        return [None] * len(files)
+def shard_counts(files: list[str], filesystem: pafs.FileSystem | None = None) -> list[int | None]:
+    """Samples in each shard per its img2dataset `_stats.json`, None where unknown or unreadable (the
+    shard is then read and its consumed rows dropped, which is slower but as correct)."""
+    fs = filesystem or pafs.LocalFileSystem()
     counts = []
-    for path in stats:
+    for f in files:
         try:
-            counts.append(int(json.loads(contents[path])["successes"]))
-        except (KeyError, TypeError, ValueError):
+            with fs.open_input_stream(_stats_path(f.split("://", 1)[-1])) as stream:
+                counts.append(int(json.loads(stream.read())["successes"]))
+        except Exception:  # noqa: BLE001 - missing, unreadable, unreachable: unknown
             counts.append(None)
     return counts
 
 
-def unconsumed_files(files: list[str], skip: RangeSet | None) -> list[str]:
+def unconsumed_files(files: list[str], skip: RangeSet | None, filesystem: pafs.FileSystem | None = None) -> list[str]:
     """`files` without the shards whose every sample (per their `_stats.json`) is in `skip`."""
     if skip is None or not len(skip):
         return list(files)
     touched = sorted({int(o) for o in shard_of(skip.starts)} & set(range(len(files))))
-    counts = dict(zip(touched, shard_counts([files[i] for i in touched])))
+    counts = dict(zip(touched, shard_counts([files[i] for i in touched], filesystem)))
     return [f for i, f in enumerate(files) if counts.get(i) is None or not skip.covers_shard(i, counts[i])]
 
 
 def read_positioned(files: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
-                    counter=None, skip: RangeSet | None = None) -> Dataset | None:
+                    counter=None, skip: RangeSet | None = None, filesystem: pafs.FileSystem | None = None) -> Dataset | None:
     """Stream a source's shards (`files`: its whole sorted list, which fixes the ordinals), leaving
     out the positions in `skip`; None when `skip` leaves no shard. Shard order is reshuffled every
-    execution when a seed is given."""
-    paths = unconsumed_files(files, skip)
+    execution when a seed is given. `filesystem`: the one the driver made (it carries the driver's S3
+    credentials to workers that may lack them); default: built here from `s3`."""
+    filesystem = filesystem if filesystem is not None else arrow_filesystem(files, s3 or S3Config())
+    paths = unconsumed_files(files, skip, filesystem)
     if not paths:
         return None
     shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
-    kwargs = dict(files=files, skip=skip, filesystem=arrow_filesystem(paths, s3 or S3Config()), shuffle=shuffle)
+    kwargs = dict(files=files, skip=skip, filesystem=filesystem, shuffle=shuffle)
     if fmt == "webdataset":
         return ray.data.read_datasource(PositionedWebDataset(paths, counter=counter, **kwargs))
     return ray.data.read_datasource(PositionedParquet(paths, **kwargs))
 
 
-def train_source(files: list[str], *, fmt: str, cfg: DataConfig, tokenizer, counter=None,
-                 skip: RangeSet | None = None, shuffle_seed: int | None = None) -> Dataset | None:
+def train_source(files: list[str], *, fmt: str, cfg: DataConfig, tokenizer, counter=None, skip: RangeSet | None = None,
+                 shuffle_seed: int | None = None, filesystem: pafs.FileSystem | None = None) -> Dataset | None:
     """One training source, decoded, rows positioned (and `skip` left out; None when nothing is left)."""
     seed = cfg.shuffle_seed if shuffle_seed is None else shuffle_seed
-    ds = read_positioned(files, fmt=fmt, s3=cfg.s3, shuffle_seed=seed, counter=counter, skip=skip)
+    ds = read_positioned(files, fmt=fmt, s3=cfg.s3, shuffle_seed=seed, counter=counter, skip=skip, filesystem=filesystem)
     return None if ds is None else decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter)

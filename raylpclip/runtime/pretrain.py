@@ -17,7 +17,7 @@ from raylpclip.config import PretrainConfig, save_config, to_dict
 from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.decode import DataError
 from raylpclip.data.shards import read_stats, resolve_shards
-from raylpclip.data.storage import configure_s3, storage_filesystem
+from raylpclip.data.storage import arrow_filesystem, configure_s3, storage_filesystem
 from raylpclip.engine.checkpoint import CheckpointError, load_state, verify_state
 from raylpclip.models.clip import export_clip
 from raylpclip.models.factory import build_tower
@@ -121,8 +121,10 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
     sources = cfg.data.train_sources()
     files = [data.files[s.path] for s in sources]
     formats = [data.formats[s.path] for s in sources]
-    datasets = {name: train_source(f, fmt=fmt, cfg=cfg.data, tokenizer=tokenizer, counter=counter)
-                for name, f, fmt in zip(source_names(len(sources)), files, formats)}
+    # The driver's filesystems (with its S3 credentials) also go to the workers, for the resumed epoch.
+    filesystems = [arrow_filesystem(f, cfg.data.s3) for f in files]
+    datasets = {name: train_source(f, fmt=fmt, cfg=cfg.data, tokenizer=tokenizer, counter=counter, filesystem=fs)
+                for name, f, fmt, fs in zip(source_names(len(sources)), files, formats, filesystems)}
     train_names = list(datasets)
     if cfg.data.eval:
         datasets["eval"] = eval_dataset(cfg.data, tokenizer=tokenizer, counter=counter)
@@ -132,7 +134,8 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
         pretrain_worker,
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "classnames": classnames,
                            "counter": counter, "train_samples": data.samples, "train_files": files,
-                           "train_formats": formats, "probe": os.environ.get(PROBE_ENV) or None,
+                           "train_formats": formats, "train_filesystems": filesystems,
+                           "probe": os.environ.get(PROBE_ENV) or None,
                            "elastic": f"{elastic[0]}-{elastic[1]}" if elastic else None,
                            "storage_counter": storage_counter},
         scaling_config=ray.train.ScalingConfig(

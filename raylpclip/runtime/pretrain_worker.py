@@ -220,7 +220,7 @@ def pretrain_worker(loop_config: dict) -> None:
                               accum_steps=cfg.optim.accum_steps)
     streams = TrainStreams(cfg, files=loop_config["train_files"], formats=loop_config["train_formats"],
                            tokenizer=tokenizer, restored=restored.positions, counter=loop_config.get("counter"),
-                           probe=probe, say=say)
+                           probe=probe, filesystems=loop_config.get("train_filesystems"), say=say)
     batches = streams.batches(micro)
     hooks = RayHooks(task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, tokenizer=tokenizer,
                      classnames=loop_config["classnames"], device=device, start=state,

@@ -41,10 +41,11 @@ class TrainStreams:
     """The batches of one Train worker and the bookkeeping of what they consumed."""
 
     def __init__(self, cfg: PretrainConfig, *, files: list[list[str]], formats: list[str], tokenizer,
-                 restored: list[SourcePosition] | None, counter=None, probe=None,
+                 restored: list[SourcePosition] | None, counter=None, probe=None, filesystems: list | None = None,
                  say: Callable[[str], None] = print):
         ctx = ray.train.get_context()
         self.cfg, self.files, self.formats, self.tokenizer, self.counter = cfg, files, formats, tokenizer, counter
+        self.filesystems = filesystems or [None] * len(files)  # the driver's (see positioned.read_positioned)
         self.rank, self.world, self.probe, self.say = ctx.get_world_rank(), ctx.get_world_size(), probe, say
         self.names = source_names(len(files))
         self.positions = self._start_positions(restored)
@@ -81,7 +82,8 @@ class TrainStreams:
         splits = None
         if self.rank == 0:
             ds = train_source(self.files[i], fmt=self.formats[i], cfg=self.cfg.data, tokenizer=self.tokenizer,
-                              counter=self.counter, skip=pos.consumed, shuffle_seed=self.cfg.data.shuffle_seed + pos.epoch)
+                              counter=self.counter, skip=pos.consumed, shuffle_seed=self.cfg.data.shuffle_seed + pos.epoch,
+                              filesystem=self.filesystems[i])
             splits = None if ds is None else ds.streaming_split(self.world, equal=True)
             self.say(f"[raylpclip] data: epoch {pos.epoch} of {self.names[i]} resumes without the "
                      f"{len(pos.consumed)} samples consumed before the checkpoint")
