@@ -11,6 +11,7 @@ import ray
 from raylpclip.config import RayConfig
 
 log = logging.getLogger(__name__)
+START_ATTEMPTS = 3
 
 
 def ensure_ray(cfg: RayConfig) -> None:
@@ -28,14 +29,24 @@ def ensure_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    with loopback_node():
-        ray.init(
-            num_cpus=cfg.num_cpus,
-            _node_ip_address="127.0.0.1",  # never listen beyond loopback in local mode
-            include_dashboard=cfg.dashboard,
-            dashboard_host="127.0.0.1",
-            log_to_driver=True,
-        )
+    for attempt in range(1, START_ATTEMPTS + 1):
+        try:
+            with loopback_node():
+                ray.init(
+                    num_cpus=cfg.num_cpus,
+                    _node_ip_address="127.0.0.1",  # never listen beyond loopback in local mode
+                    include_dashboard=cfg.dashboard,
+                    dashboard_host="127.0.0.1",
+                    log_to_driver=True,
+                )
+            break
+        except Exception as exc:
+            # Ray gives a starting node a fixed 30 s to register with the GCS; a machine busy with other
+            # work can miss that, and a second start usually makes it.
+            if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
+                raise
+            ray.shutdown()
+            log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
     quiet_ray_data()
 
 
