@@ -1,6 +1,7 @@
 """`raylpclip bench NAME [CONFIG.yaml] [key=value ...]`: measurements that answer an issue's question.
 
     raylpclip bench ingest [CONFIG.yaml] [key=value ...]   shards -> a Train worker's batches, samples/s
+    raylpclip bench train [CONFIG.yaml] [key=value ...]    the training pipeline vs its in-memory compute limit
 
 Each benchmark lives in its own module (imported only when named, so Ray and torch load only for the
 one that runs), resolves a typed config like every command, writes `summary.json` and returns its path.
@@ -16,6 +17,7 @@ from raylpclip.config import ConfigError
 # name -> module with `cmd(args: list[str]) -> Path`; a new benchmark is one more line here.
 BENCHMARKS = {
     "ingest": "raylpclip.bench.ingest",
+    "train": "raylpclip.bench.train",
 }
 
 

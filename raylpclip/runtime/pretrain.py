@@ -111,7 +111,7 @@ def check_run_checkpoints(cfg: PretrainConfig) -> None:
 
 
 def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter,
-                  callbacks: tuple = (), storage_counter=None) -> TorchTrainer:
+                  callbacks: tuple = (), storage_counter=None, extra_loop_config: dict | None = None) -> TorchTrainer:
     """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune trial.
 
     Training sources read through positioned readers (runtime/positioned.py), so that every row says
@@ -137,7 +137,8 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
                            "train_formats": formats, "train_filesystems": filesystems,
                            "probe": os.environ.get(PROBE_ENV) or None,
                            "elastic": f"{elastic[0]}-{elastic[1]}" if elastic else None,
-                           "storage_counter": storage_counter},
+                           "storage_counter": storage_counter,
+                           **(extra_loop_config or {})},  # e.g. {"bench": ...} from `raylpclip bench train`
         scaling_config=ray.train.ScalingConfig(
             num_workers=elastic or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
             resources_per_worker={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},

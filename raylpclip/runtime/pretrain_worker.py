@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import logging
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,14 +20,15 @@ from raylpclip.data.storage import take_failed_uploads
 from raylpclip.engine.checkpoint import CheckpointError, load_state, save_state
 from raylpclip.engine.evaluate import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.engine.loop import LoopState, run_loop
-from raylpclip.engine.optim import build_optimizer, build_scheduler
+from raylpclip.engine.clock import clocked
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
+from raylpclip.engine.setup import build_training
 from raylpclip.eval.zeroshot import zeroshot_classifier
-from raylpclip.models.factory import build_tower
 from raylpclip.runtime import position, skips
 from raylpclip.runtime.checkpoints import choose
 from raylpclip.runtime.faults import Probe
 from raylpclip.runtime.train_streams import TrainStreams
+from raylpclip.runtime.worker_setup import ddp_wrap, report_checkpoint
 
 POSITION_FILE = "data_position.json"
 
@@ -99,9 +99,9 @@ class RayHooks:
         # Every worker takes part in gathering the data position (a collective), rank 0 saves it.
         positions = self.streams.checkpoint_positions() if save and self.streams is not None else None
         if save and self.rank == 0:
-            with tempfile.TemporaryDirectory() as tmp:
-                self._save(state, tmp, positions)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+            # Written locally, uploaded to storage in the background with train.async_checkpoint (worker_setup.py).
+            report_checkpoint(metrics, lambda tmp: self._save(state, tmp, positions),
+                              async_upload=self.cfg.train.async_checkpoint)
         else:
             ray.train.report(metrics, checkpoint=None)
         failed = take_failed_uploads()
@@ -201,11 +201,11 @@ def pretrain_worker(loop_config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
-    model = ray.train.torch.prepare_model(build_tower(cfg.model, tokenizer=tokenizer))
     device = ray.train.torch.get_device()
-    optimizer = build_optimizer(unwrap(model), cfg.optim, fused=device.type == "cuda")
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
-    task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank)
+    # Model, optimizer, schedule and task with the train.* switches (engine/setup.py), DDP options from
+    # train.ddp_bucket_cap_mb (runtime/worker_setup.py).
+    t = build_training(cfg, tokenizer=tokenizer, rank=rank, device=device, wrap=ddp_wrap(cfg.train))
+    optimizer, scheduler, task = t.optimizer, t.scheduler, t.task
     say = progress if rank == 0 else (lambda line: None)
     restored = restore_run(task, optimizer, scheduler, say=say)
     state = restored.state
@@ -226,7 +226,9 @@ def pretrain_worker(loop_config: dict) -> None:
                      classnames=loop_config["classnames"], device=device, start=state,
                      counter=loop_config.get("counter"), train_samples=loop_config.get("train_samples"),
                      streams=streams, storage_counter=loop_config.get("storage_counter"))
+    # Under `raylpclip bench train` a clock times every step and passes the calls through (engine/clock.py).
+    loop_hooks, loop_train = clocked(hooks, cfg.train, loop_config.get("bench"), device=device)
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
-             train=cfg.train, optim=cfg.optim, hooks=hooks, device=device)
+             train=loop_train, optim=cfg.optim, hooks=loop_hooks, device=device)
     if not hooks.reported_final:  # re-run of a finished run: nothing to train, still report the result
         hooks.report(state, {}, save=False, evaluate=True, final=True)

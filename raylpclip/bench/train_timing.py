@@ -1,0 +1,109 @@
+"""The train benchmark's plain-loop compute limit and its arithmetic, pure torch (no Ray).
+
+The same model, optimizer and PSD step as a pretraining worker (engine/setup.build_training,
+engine/loop.run_loop) over batches already in memory as tensors, timed with the clock the pipeline
+runs use (engine/clock.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from raylpclip.config import PretrainConfig, PSDConfig
+from raylpclip.engine.clock import StepClock, peak_memory_mb, window_stats
+from raylpclip.engine.loop import LoopState, run_loop
+from raylpclip.engine.pretrain_task import unwrap
+from raylpclip.engine.setup import build_training
+from raylpclip.losses import clip_loss, psd_loss
+
+
+def pooled(windows: list[dict[str, float]]) -> dict[str, float]:
+    """Several windows of one kind as one: total steps over total seconds (weights long windows more)."""
+    steps, seconds = sum(w["steps"] for w in windows), sum(w["seconds"] for w in windows)
+    per_step = seconds / steps if steps else float("inf")
+    return {"step_time_s": per_step, "steps": steps, "seconds": seconds,
+            "data_wait_fraction": sum(w["data_wait_fraction"] * w["seconds"] for w in windows) / seconds if seconds else 0.0}
+
+
+# ---------------------------------------------------------------------------------------------------
+# The compute limit: the same model and step on in-memory tensors
+
+
+def arm_configs(cfg: PretrainConfig) -> dict[str, PretrainConfig]:
+    """PSD at full weight from step 0 (ramp constant: the PSD path runs every step, the worst case) and
+    plain CLIP (a_max 0), otherwise the run's own settings."""
+    a_max = cfg.psd.a_max if cfg.psd.a_max > 0 else PSDConfig().a_max
+    return {"psd": replace(cfg, psd=replace(cfg.psd, a_max=a_max, ramp="constant")),
+            "clip": replace(cfg, psd=replace(cfg.psd, a_max=0.0))}
+
+
+def in_memory_windows(cfg: PretrainConfig, *, tokenizer, batches: list[dict[str, torch.Tensor]], threads: int,
+                      warmup_steps: int, windows: int, window_steps: int,
+                      device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """The plain torch loop: one model and optimizer, `run_loop` over `batches` cycled (already in
+    memory, as tensors), arms PSD and CLIP alternating in windows of `window_steps` after `warmup_steps`
+    untimed steps. Each window's first step is its anchor, not timed. Returns per-arm window stats,
+    the step records and this process's peak memory."""
+    torch.set_num_threads(threads)
+    arms = arm_configs(cfg)
+    total = warmup_steps + windows * len(arms) * window_steps
+    training = build_training(replace(arms["psd"], train=replace(cfg.train, steps=total)), tokenizer=tokenizer,
+                              rank=0, device=device)
+    tasks = {name: training.task if name == "psd" else
+             type(training.task)(training.model, psd=arm.psd, total_steps=total, seed=arm.train.seed, rank=0)
+             for name, arm in arms.items()}
+    stream = itertools.cycle(batches)
+    state = LoopState()
+
+    def steps(task, n: int, clock: StepClock) -> None:
+        train = replace(cfg.train, steps=state.step + n, log_every=1, checkpoint_every=0, eval_every=0)
+        run_loop(task, optimizer=training.optimizer, scheduler=training.scheduler, batches=stream, state=state,
+                 train=train, optim=cfg.optim, hooks=clock, device=device)
+
+    steps(tasks["psd"], warmup_steps, StepClock())
+    out: dict[str, Any] = {name: [] for name in arms}
+    for _ in range(windows):
+        for name in arms:
+            clock = StepClock()
+            start = state.step
+            steps(tasks[name], window_steps, clock)
+            out[name].append(dict(window_stats(clock.records, first=start + 2, last=state.step,
+                                               batch=cfg.train.batch_size), load=clock.load))
+    dim = unwrap(training.model).clip.config.projection_dim
+    out["loss"] = loss_overhead(cfg.train.batch_size // cfg.optim.accum_steps, dim, psd=arms["psd"].psd)
+    out["peak_memory_mb"] = peak_memory_mb(device)
+    return out
+
+
+def loss_overhead(b: int, dim: int, *, psd: PSDConfig, repeats: int = 50, seed: int = 0) -> dict[str, float]:
+    """PSD's extra cost over CLIP's loss alone: forward and backward of each on the same fixed (b, dim)
+    features of one process (the 1-worker case, N = b), interleaved; the median of each, seconds."""
+    g = torch.Generator().manual_seed(seed)
+    u = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
+    v = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
+    scale = torch.tensor(20.0, requires_grad=True)
+    sub = torch.Generator().manual_seed(seed)
+    alpha = psd.a_max if psd.a_max > 0 else PSDConfig().a_max
+    times: dict[str, list[float]] = {"psd": [], "clip": []}
+
+    def run(name: str) -> None:
+        x, y = u.clone().requires_grad_(), v.clone().requires_grad_()
+        start = time.perf_counter()
+        if name == "psd":
+            loss = psd_loss(x, y, scale, alpha=alpha, subset_fraction=psd.subset_fraction, generator=sub)
+        else:
+            loss = clip_loss(x, y, scale)
+        loss["contrastive_loss"].backward()
+        times[name].append(time.perf_counter() - start)
+
+    for _ in range(repeats):
+        run("psd")
+        run("clip")
+    psd_s, clip_s = float(np.median(times["psd"])), float(np.median(times["clip"]))
+    return {"psd_loss_s": psd_s, "clip_loss_s": clip_s, "extra_s": psd_s - clip_s}
