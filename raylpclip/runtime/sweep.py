@@ -14,6 +14,7 @@ overrides) and `fit_config` (fit one PretrainConfig, optionally reporting to Tun
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -237,7 +238,7 @@ def collect_rows(grid, spec: SweepSpec) -> list[dict]:
     rows = []
     for result in grid:
         m = result.metrics or {}
-        config = result.config or {}
+        config = result.config or _params(result)
         steps = int(config.get("train.steps", spec.base.train.steps))
         value = m.get(metric)
         rows.append({
@@ -250,6 +251,16 @@ def collect_rows(grid, spec: SweepSpec) -> list[dict]:
             "error": str(result.error).strip().splitlines()[-1][:300] if result.error is not None else None,
         })
     return sorted(rows, key=lambda r: r["trial_id"])
+
+
+def _params(result) -> dict:
+    """A trial's sampled values from its params.json: a trial that failed before reporting has no config
+    in its (empty) metrics."""
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+            return json.loads(f.read().decode())
+    except (OSError, ValueError):
+        return {}
 
 
 def run_sweep(spec: SweepSpec) -> dict:

@@ -244,3 +244,15 @@ def test_a_rerun_with_other_settings_is_refused(tmp_path):
         check_same_sweep(saved, sweep_plan(load_sweep(sweep, ["sweep.space={optim.lr: [0.3]}"])))
     with pytest.raises(ConfigError, match=r"already exists.*base\.train\.steps"):
         check_same_sweep(saved, sweep_plan(load_sweep(sweep, ["train.steps=5"])))
+
+
+def test_cli_refuses_a_bad_sweep_with_one_line_naming_the_key(tmp_path, capsys):
+    from raylpclip.cli import main
+
+    sweep = _write(tmp_path, "s.yaml", """
+        data: {train: /d, eval: /e}
+        sweep: {space: {optim.lrr: 'loguniform(1e-4, 1e-2)'}}
+    """)
+    assert main(["sweep", sweep]) == 2
+    err = capsys.readouterr().err
+    assert "raylpclip sweep: config key 'sweep.space.optim.lrr'" in err and "optim has" in err
