@@ -104,7 +104,8 @@ class ProgressLines(ray.tune.Callback):
         log(f"trial {trial.trial_id} step {result.get('step')}: {self.metric} {result.get(self.metric, float('nan')):.4f}")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+        # Tune marks this trial TERMINATED only after its callbacks ran.
+        done = 1 + sum(t.status in ("TERMINATED", "ERROR") for t in trials if t is not trial)
         last = trial.last_result or {}
         log(f"trial {trial.trial_id} finished at step {last.get('step')}: {self.metric} "
             f"{last.get(self.metric, float('nan')):.4f} ({done}/{self.total} trials done)")
