@@ -74,10 +74,28 @@ class MetricReportCallback(TuneReportCallback):
             super().after_report(run_context, metrics, checkpoint)
 
 
+def address_for_train_helpers() -> None:
+    """When ASHA stops a trial, Tune ends the trial's process and with it the Train controller it owns;
+    Ray Train's PlacementGroupCleaner (a detached actor) then frees the run's worker placement group. It
+    finds the cluster through RAY_ADDRESS, else by looking for GCS processes, which fails on a machine
+    running several Ray instances (a developer machine, CI with a second test cluster): the stopped
+    trial's worker CPUs would stay reserved until the sweep ends and starve later trials. So this trial's
+    Train run gets the address through the environment variables Train hands to its controller (whose
+    child actors inherit them). Without that list (another Ray version) nothing changes."""
+    try:
+        from ray.train.v2._internal import constants
+    except ImportError:
+        return
+    if isinstance(getattr(constants, "ENV_VARS_TO_PROPAGATE", None), set):
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
+
+
 def sweep_trial(config: dict, *, base: dict, metric: str, runs_dir: str, storage_path: str) -> None:
     """The Tune function: this trial's overrides on the base config, one TorchTrainer, fitted. The Train
     run is named by the trial id, so a trial restarted after the driver died resumes its checkpoint."""
     quiet_ray_data()  # this process creates the trial's datasets: its DataContext is the one they use
+    address_for_train_helpers()
     trial_id = ray.tune.get_context().get_trial_id()
     own = {"name": trial_id, "output_dir": runs_dir, "ray.storage_path": storage_path}
     cfg = trial_config(base, {**config, **own})

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -50,9 +51,14 @@ def _trial_results(sweep_dir: Path) -> dict[str, str]:
     return {p.parent.name: p.read_text() for p in sorted(sweep_dir.glob("sweep_trial_*/result.json"))}
 
 
+def _live_placement_groups(ray) -> set[str]:
+    return {pg_id for pg_id, pg in ray.util.placement_group_table().items() if pg["state"] != "REMOVED"}
+
+
 def test_sweep_asha_outputs_and_resume(ray_session, synthetic_shards, tmp_path, capsys):
     config = tmp_path / "sweep.yaml"
     config.write_text(SWEEP.format(out=tmp_path / "out", train=synthetic_shards["webdataset"]))
+    groups_before = _live_placement_groups(ray_session)
     summary = run_sweep(load_sweep(str(config)))
     sweep_dir = tmp_path / "out" / "asha"
 
@@ -79,6 +85,12 @@ def test_sweep_asha_outputs_and_resume(ray_session, synthetic_shards, tmp_path, 
     assert sorted(p.name for p in (sweep_dir / "trials").iterdir()) == sorted(r["trial_id"] for r in rows.values())
     out = capsys.readouterr().out
     assert f"trial {rows[0.9]['trial_id']} finished at step 8" in out
+    # The stopped trial's Train controller died with its trial; Ray Train's cleaner frees its workers'
+    # placement group (it polls every second): nothing stays reserved on the shared instance.
+    deadline = time.monotonic() + 60
+    while _live_placement_groups(ray_session) - groups_before and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not _live_placement_groups(ray_session) - groups_before
 
     # The same command again: Tune restores the experiment; no trial trains or reports again.
     before = _trial_results(sweep_dir)
