@@ -83,7 +83,8 @@ def _keys(batch: dict[str, Any], n: int) -> list[str]:
 
 
 def describe_columns(batch: dict[str, Any]) -> str:
-    return ", ".join(sorted(batch.keys()))
+    """The columns a shard gave (not the row positions the training readers add)."""
+    return ", ".join(sorted(k for k in batch.keys() if k != columns.POSITION))
 
 
 def source_paths(batch: dict[str, Any]) -> str:

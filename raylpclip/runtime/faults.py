@@ -103,14 +103,15 @@ def wait_for(condition: Callable[[], object], *, timeout: float, poll: float = 0
     raise TimeoutError(f"{what} not reached within {timeout:.0f}s")
 
 
-def kill_worker_when(directory: str | Path, *, rank: int, after_step: int, timeout: float = 600) -> threading.Thread:
-    """In the background: once the probe shows a batch of step `after_step`, SIGKILL the worker with
-    `rank` (the process Ray Train runs the train function in). The thread's `.killed` is its pid."""
+def kill_worker_when(directory: str | Path, *, rank: int, when: Callable[[], object],
+                     timeout: float = 600) -> threading.Thread:
+    """In the background: once `when()` is true (e.g. `lambda: 10 in persisted_steps(run_dir)`),
+    SIGKILL the Train worker with `rank` (the process Ray Train runs the train function in, found
+    through the probe in `directory`). The thread's `.killed` is the pid it killed."""
     def run():
         def ready():
-            records = ProbeRecords.read(directory)
-            return records.max_step() >= after_step and records.pid(rank)
-        pid = wait_for(ready, timeout=timeout, what=f"step {after_step}")
+            return when() and ProbeRecords.read(directory).pid(rank)
+        pid = wait_for(ready, timeout=timeout, what="the kill condition")
         os.kill(pid, signal.SIGKILL)
         thread.killed = pid
 
@@ -159,6 +160,23 @@ def checkpoint_dirs(run_dir: str | Path) -> list[Path]:
     """A run's checkpoint directories, oldest first (by the step in their meta.json)."""
     dirs = [d for d in Path(run_dir).glob("checkpoint_*") if (d / "meta.json").is_file()]
     return sorted(dirs, key=lambda d: json.loads((d / "meta.json").read_text())["step"])
+
+
+def persisted_steps(run_dir: str | Path) -> set[int]:
+    """Steps of the run's checkpoints that have reached storage whole (manifest written last). With
+    asynchronous uploads a checkpoint lands some steps after it was taken: kill after this, not after
+    a step count, to know which checkpoint a restart finds."""
+    from raylpclip.engine.checkpoint import check_checkpoint
+
+    steps = set()
+    for d in Path(run_dir).glob("checkpoint_*"):
+        try:
+            # every file the manifest lists, at its full size (an upload copies them in any order)
+            if (d / "manifest.json").is_file() and check_checkpoint(d, digests=False) is None:
+                steps.add(int(json.loads((d / "meta.json").read_text())["step"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return steps
 
 
 def truncate(path: str | Path, *, keep: float = 0.5) -> None:

@@ -1,9 +1,9 @@
 """Node-loss drill: a two-node Ray cluster on this machine, a run whose Train workers need a `trainer`
 resource that each node offers once (so one worker lands on each), and the second node removed once
-the run is past a given step. With an elastic worker group (train.min_workers) the run goes on with
+the run's checkpoint of a given step has reached storage. With an elastic worker group (train.min_workers) the run goes on with
 the workers that still fit; the progress lines say with how many.
 
-    python -m raylpclip.runtime.node_drill RESULT.json REMOVE_AFTER_STEP key=value ...
+    python -m raylpclip.runtime.node_drill RESULT.json CHECKPOINT_STEP key=value ...
 
 runs `raylpclip pretrain` with the given overrides (plus ray.address of the drill cluster and the
 worker resource) and writes a JSON result: the summary, the probe records' numbers and how many
@@ -35,22 +35,24 @@ def _cluster(head_cpus: int, node_cpus: int):
     return cluster, node
 
 
-def run(result_path: str, remove_after_step: int, overrides: list[str], *, head_cpus: int = 6, node_cpus: int = 1) -> dict:
+def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cpus: int = 6, node_cpus: int = 1) -> dict:
     import ray
 
     from raylpclip.config import PretrainConfig, load_config
-    from raylpclip.runtime.faults import PROBE_ENV, ProbeRecords, wait_for
+    from raylpclip.runtime.faults import PROBE_ENV, ProbeRecords, persisted_steps, wait_for
     from raylpclip.runtime.pretrain import run_pretrain
 
     probe = os.environ.setdefault(PROBE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
     cluster, node = _cluster(head_cpus, node_cpus)
     removed: dict = {}
 
+    run_dir = load_config(PretrainConfig, None, overrides).run_dir
+
     def remove_when_past_step():
-        def on_node():  # the worker on the doomed node has written its marker and trained past the step
+        def on_node():  # a worker trains on the doomed node, and the checkpoint has reached storage
             records = ProbeRecords.read(probe)
-            return records.max_step() >= remove_after_step and any(w["node"] == node.node_id for w in records.workers)
-        wait_for(on_node, timeout=900, what=f"step {remove_after_step} with a worker on the second node")
+            return checkpoint_step in persisted_steps(run_dir) and any(w["node"] == node.node_id for w in records.workers)
+        wait_for(on_node, timeout=900, what=f"checkpoint {checkpoint_step} with a worker on the second node")
         removed.update(step=ProbeRecords.read(probe).max_step(), time=time.time())
         print(f"[drill] removing node {node.node_id[:8]} after step {removed['step']}", flush=True)
         cluster.remove_node(node, allow_graceful=False)

@@ -23,16 +23,16 @@ import s3fs
 from raylpclip.config import PretrainConfig, load_config
 from raylpclip.models.tokenizer import train_tokenizer
 from raylpclip.runtime.faults import (PROBE_ENV, FaultProxy, ProbeRecords, checkpoint_dirs, first_try_of,
-                                      kill_worker_when, run_until, truncate)
+                                      kill_worker_when, persisted_steps, run_until, truncate)
 from raylpclip.runtime.pretrain import run_pretrain
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
 STEPS, EVERY, BATCH = 40, 10, 32
 INTERVAL = EVERY * BATCH  # samples of one checkpoint interval
-# Final loss (mean of the last 5 steps) of a resumed run vs the reference: the data order differs
-# (parallel reads), the model and optimizer state at the restored step are exactly the reference's.
-LOSS_TOLERANCE = 0.25
+# Final loss (mean of the last 10 steps) of a faulted run vs the reference: the data order differs
+# between any two runs (parallel reads), which moves it by up to ~0.15 here.
+LOSS_TOLERANCE = 0.3
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def tokenizer_dir(tmp_path_factory, synthetic_shards) -> Path:
 def overrides(shards, tokenizer_dir, out: Path, name: str, *extra: str) -> list[str]:
     return [
         f"data.train={shards['webdataset']}", f"output_dir={out}", f"name={name}", f"model.tokenizer={tokenizer_dir}",
-        f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", "train.log_every=5", f"train.batch_size={BATCH}",
+        f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", f"train.log_every={EVERY}", f"train.batch_size={BATCH}",
         "train.keep_checkpoints=2", "data.image_size=32", "data.shuffle_buffer=64", "data.decode_batch_size=64",
         "model.overrides={vision.image_size: 32, vision.patch_size: 8, vision.num_hidden_layers: 1, text.num_hidden_layers: 1}",
         *extra,
@@ -130,7 +130,8 @@ def _assert_close_to_reference(summary: dict, reference: dict) -> None:
 def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_shards, tokenizer_dir, tmp_path,
                                                           monkeypatch, fault_table):
     probe = tmp_path / "probe"
-    killer = kill_worker_when(probe, rank=1, after_step=12)
+    # SIGKILL rank 1 as soon as checkpoint 10 is in storage (uploads may finish some steps later).
+    killer = kill_worker_when(probe, rank=1, when=lambda: 10 in persisted_steps(tmp_path / "worker-kill"))
     summary, records = _run(overrides(synthetic_shards, tokenizer_dir, tmp_path, "worker-kill", "train.max_failures=2"),
                             probe, monkeypatch)
     killer.join(timeout=5)
@@ -140,7 +141,7 @@ def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_s
     resumed = {w["start_step"] for w in restarts}
     assert {w["rank"] for w in restarts} == {0, 1} and len(resumed) == 1  # both ranks from one checkpoint
     resumed_from = resumed.pop()
-    assert resumed_from == killed_at // EVERY * EVERY  # the latest before the kill
+    assert resumed_from == 10 < killed_at
     assert killer.killed not in {w["pid"] for w in restarts}  # a new process replaced the killed one
     _assert_close_to_reference(summary, reference)
     # replayed: only what was trained between that checkpoint and the kill (the rest of the epoch was skipped)
@@ -154,12 +155,12 @@ def test_killed_driver_rerun_resumes_checkpoint_and_data_position(reference, syn
     probe = tmp_path / "probe"
     cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "driver-kill")
     env = dict(os.environ, **{PROBE_ENV: str(probe)})
-    # The whole process group (driver, its Ray instance, workers) dies once the workers train step 23:
-    # after checkpoint 20, before checkpoint 30.
+    # The whole process group (driver, its Ray instance, workers) dies as soon as checkpoint 20 is in
+    # storage, a few steps before checkpoint 30.
     run_until([sys.executable, "-m", "raylpclip", "pretrain", *cfg, "ray.num_cpus=6"],
-              until=lambda: ProbeRecords.read(probe).max_step() >= 23, env=env, timeout=900)
+              until=lambda: 20 in persisted_steps(tmp_path / "driver-kill"), env=env, timeout=900)
     killed_at = ProbeRecords.read(probe).max_step()
-    assert killed_at < 30
+    assert 20 < killed_at < 30
     summary, records = _run(cfg, probe, monkeypatch)  # the same command again, same name: resumes
     resumed = {w["start_step"] for w in records.workers if w["start_step"] > 0}
     assert resumed == {20}
@@ -220,12 +221,12 @@ def test_s3_storage_with_transient_errors(reference, s3_server, runs_bucket, syn
 def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, synthetic_shards, tokenizer_dir, tmp_path,
                                                              fault_table):
     """A head and a second node with one Train worker each (elastic 1-2 workers); the second node is
-    removed after step 15. Runs in a subprocess: it needs its own multi-node Ray cluster."""
+    removed once checkpoint 10 is in storage. Runs in a subprocess: it needs its own multi-node Ray cluster."""
     cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "node-loss", "train.min_workers=1",
                     "train.max_failures=2", "data.decode_concurrency=1")
     result_path = tmp_path / "result.json"
     env = dict(os.environ, **{PROBE_ENV: str(tmp_path / "probe")})
-    proc = subprocess.run([sys.executable, "-m", "raylpclip.runtime.node_drill", str(result_path), "12", *cfg],
+    proc = subprocess.run([sys.executable, "-m", "raylpclip.runtime.node_drill", str(result_path), "10", *cfg],
                           capture_output=True, text=True, timeout=900, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and result_path.is_file(), out[-6000:]
@@ -236,7 +237,7 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     resumed = {w["start_step"] for w in after}
     assert after and {w["world"] for w in after} == {1} and len(resumed) == 1
     resumed_from = resumed.pop()
-    assert resumed_from in (10, 20)  # the latest checkpoint before the node went
+    assert resumed_from == 10  # the checkpoint in storage when the node went
     assert f"resumed node-loss at step {resumed_from}" in out and "with 1 workers" in out
     summary = result["summary"]
     _assert_close_to_reference(summary, reference)

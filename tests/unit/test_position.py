@@ -89,3 +89,20 @@ def test_reader_positions_rows_and_skips_consumed_ones():
     with pytest.raises(ValueError, match="not in this source's file list"):
         list(reader._positioned(iter(blocks), "bucket/other/00000.tar"))
     assert path_key("s3://b/k/x.tar") == path_key("b/k/x.tar") == path_key("/b/k/x.tar")
+
+
+def test_parquet_reader_positions_rows_in_file_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    from raylpclip.runtime.positioned import PositionedParquet
+
+    path = tmp_path / "00001.parquet"
+    pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(600)], "txt": ["x"] * 600}), path, row_group_size=250)
+    reader = object.__new__(PositionedParquet)  # the reading half only: no Ray datasource set-up
+    reader._init_positions([str(tmp_path / "00000.parquet"), str(path)], RangeSet.of(pack(1, np.arange(0, 300))))
+    with open(path, "rb") as f:
+        tables = list(reader._read_stream(pa.PythonFile(f, mode="r"), str(path)))
+    keys = [k for t in tables for k in t.column("key").to_pylist()]
+    assert keys == [f"{i:04d}" for i in range(300, 600)]
+    assert [p - 2**32 for t in tables for p in t.column(columns.POSITION).to_pylist()] == list(range(300, 600))
+    assert {p for t in tables for p in t.column("path").to_pylist()} == {str(path)}
