@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -21,6 +22,13 @@ def trial_status(*, error: bool, metric: Any, step: Any, steps: int) -> str:
     if not is_number(metric):
         return NO_METRIC
     return DONE if (step or 0) >= steps else STOPPED
+
+
+def error_line(text: str) -> str:
+    """The line of a (Ray-wrapped) traceback that names the error: the last `SomethingError: ...`."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    named = [line for line in lines if re.match(r"^[\w.]*(Error|Exception)\b", line)]
+    return ((named or lines or [""])[-1])[:300]
 
 
 def is_number(value: Any) -> bool:

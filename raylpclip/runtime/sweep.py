@@ -129,8 +129,10 @@ class ProgressLines(ray.tune.Callback):
             f"{last.get(self.metric, float('nan')):.4f} ({done}/{self.total} trials done)")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        error = str(trial.get_error() or "").strip().splitlines()
-        log(f"trial {trial.trial_id} failed: {error[-1] if error else 'see its error.txt'}")
+        text = str(trial.get_error() or "")
+        if not text and trial.error_file and os.path.isfile(trial.error_file):
+            text = Path(trial.error_file).read_text(errors="replace")
+        log(f"trial {trial.trial_id} failed: {results_io.error_line(text) or 'see its error.txt'}")
 
 
 def _values(config: dict) -> str:
@@ -222,8 +224,11 @@ def build_tuner(spec: SweepSpec, *, trial_base: PretrainConfig, storage: str, co
     )
     experiment = _join(storage, spec.name)
     if ray.tune.Tuner.can_restore(experiment):
-        log(f"resuming sweep {spec.name} from {experiment}: finished trials are kept, unfinished ones resume")
-        return ray.tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # Errored trials resume too: values that cannot work were refused before the first run, so what
+        # is left is transient (out of memory, a lost node); each resumes from its Train checkpoint.
+        log(f"resuming sweep {spec.name} from {experiment}: finished trials are kept, unfinished and failed "
+            "ones resume from their latest checkpoints")
+        return ray.tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True)
     scheduler = None
     if asha:
         from ray.tune.schedulers import ASHAScheduler
@@ -267,7 +272,7 @@ def collect_rows(grid, spec: SweepSpec) -> list[dict]:
             **{d.key: plain(config.get(d.key)) for d in spec.dims},
             metric: plain(value), "step": m.get("step"), "time_s": m.get("time_total_s"),
             "checkpoint": m.get("checkpoint_path"),
-            "error": str(result.error).strip().splitlines()[-1][:300] if result.error is not None else None,
+            "error": results_io.error_line(str(result.error)) if result.error is not None else None,
         })
     return sorted(rows, key=lambda r: r["trial_id"])
 

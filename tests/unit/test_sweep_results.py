@@ -68,3 +68,12 @@ def test_plot_writes_a_png_with_one_panel_per_parameter(tmp_path):
     with Image.open(path) as img:
         width, height = img.size
     assert img.format == "PNG" and width > 1.8 * height  # two panels side by side
+
+
+def test_error_line_names_the_error_not_ray_advice():
+    text = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+            "ray.exceptions.OutOfMemoryError: 7 worker(s) were killed due to low memory\n\n"
+            "Refer to the documentation on how to address the out of memory issue: https://docs.ray.io/...\n")
+    assert sr.error_line(text) == "ray.exceptions.OutOfMemoryError: 7 worker(s) were killed due to low memory"
+    assert sr.error_line("no traceback here\nsecond line") == "second line"
+    assert sr.error_line("") == ""
