@@ -8,6 +8,7 @@ through every head of an encoder in one pass).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -69,6 +70,7 @@ class Encoder:
         self.heads = None if heads is None else tuple(torch.tensor(a, device=self.device) for a in heads)
         self.keep_features = keep_features
         self.precision = precision
+        self.images, self.started, self.last_print = 0, time.perf_counter(), 0.0
 
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -84,12 +86,21 @@ class Encoder:
             if self.heads is not None:
                 weight, bias = self.heads
                 out[LOGITS_PREFIX + view] = (torch.einsum("nd,hcd->nhc", feats, weight) + bias).cpu().numpy()
+        self._progress(len(batch[columns.LABEL]) if columns.LABEL in batch else 0)
         if columns.INPUT_IDS in batch:
             with autocast(self.precision, self.device):
                 text = self.tower.encode_text(torch.from_numpy(batch[columns.INPUT_IDS]).to(self.device),
                                               torch.from_numpy(batch[columns.ATTENTION_MASK]).to(self.device))
             out[TEXT_FEATURES] = text.float().cpu().numpy()
         return out
+
+    def _progress(self, rows: int) -> None:
+        """A line every 30 s per actor: batch inference over millions of images must show it is moving."""
+        self.images += rows
+        elapsed = time.perf_counter() - self.started
+        if elapsed - self.last_print >= 30:
+            self.last_print = elapsed
+            print(f"[raylpclip] encoder actor: {self.images} images encoded ({self.images / elapsed:.0f}/s)", flush=True)
 
     def _encode(self, images: np.ndarray) -> torch.Tensor:
         pixels = normalize_images(torch.from_numpy(np.ascontiguousarray(images)).to(self.device))
