@@ -1,11 +1,14 @@
 """Choosing the checkpoint a run resumes from, on local disk or object storage (pyarrow filesystems).
 
-Ray Train hands a restarted worker group the latest checkpoint it registered. That directory may
-still be unusable: truncated on disk, partly uploaded, overwritten with something else. The worker
-then falls back to the newest older checkpoint of the same run that passes `check_checkpoint` and
-says so in one line; when none is usable the run stops with one line naming each checkpoint and
-what is wrong with it. The driver runs the same listing before Ray starts (sizes only, no download),
-so a run whose checkpoints are all broken fails in seconds.
+A restarted worker group resumes from the run's newest *complete* checkpoint: every file its
+manifest lists, at the recorded size and sha256, and a state that loads with weights_only=True.
+That is usually Ray Train's latest registered checkpoint, but not always: a registered one may be
+damaged (truncated on disk, replaced), and a complete one may never have been registered (the
+failure came between its upload and the controller collecting every worker's report). Each
+checkpoint passed over, and a choice other than Ray's, is said in one line; when the run has
+checkpoints and none is usable it stops with one line naming each and what is wrong with it. The
+driver runs the same listing before Ray starts (sizes, and for local storage the full check), so a
+run whose checkpoints are all broken fails in seconds.
 """
 
 from __future__ import annotations
@@ -71,18 +74,6 @@ def list_checkpoints(fs: pafs.FileSystem, run_path: str) -> list[Found]:
     return sorted(found, key=lambda f: (f.step is not None, f.step or 0, f.path), reverse=True)
 
 
-def candidates(fs: pafs.FileSystem, latest_path: str) -> list[Found]:
-    """Ray's latest checkpoint first, then the run's older ones, newest first. Checkpoints newer than
-    Ray's latest were never registered (an upload cut short) and are left alone."""
-    run_path = posixpath.dirname(latest_path.rstrip("/"))
-    found = list_checkpoints(fs, run_path)
-    latest = next((f for f in found if f.path.rstrip("/") == latest_path.rstrip("/")), None)
-    if latest is None:
-        latest = inspect(fs, latest_path)
-    older = [f for f in found if f.path != latest.path and (latest.step is None or (f.step is not None and f.step < latest.step))]
-    return [latest, *older]
-
-
 def _reason(exc: CheckpointError) -> str:
     """"checkpoint <path> cannot be used: X" -> "cannot be used: X" (describe() names the directory)."""
     return re.sub(r"^checkpoint \S+ ", "", str(exc))
@@ -92,29 +83,42 @@ def describe(found: list[Found]) -> str:
     return "; ".join(f"{posixpath.basename(f.path)}: {f.problem}" for f in found)
 
 
-def choose(fs: pafs.FileSystem, latest_path: str, *, load: Callable[[str], object],
-           warn: Callable[[str], None]) -> tuple[Found, object]:
-    """The newest usable checkpoint from Ray's latest backwards, and what `load(path)` made of it.
+def choose(fs: pafs.FileSystem, run_path: str, *, registered: str | None, load: Callable[[str], object],
+           warn: Callable[[str], None]) -> tuple[Found, object] | None:
+    """The run's newest usable checkpoint and what `load(path)` made of it; None when it has none.
 
-    `load` raises CheckpointError for a checkpoint that fails its full check (digests, weights_only
-    load); each one skipped is reported through `warn`.
+    Every checkpoint directory of the run counts, not only those Ray Train registered (`registered`:
+    the latest it did): a checkpoint is registered only after all workers' reports for it reach the
+    controller, and a failure in between (a worker killed right after an upload finished) leaves a
+    complete checkpoint that Ray forgets. Completeness is this module's check plus `load`, which
+    raises CheckpointError for one that fails its full check (digests, weights_only load); each
+    checkpoint skipped, and a choice other than Ray's, is reported through `warn`.
     """
+    found = list_checkpoints(fs, run_path)
+    if registered and all(f.path.rstrip("/") != registered.rstrip("/") for f in found):
+        found.append(inspect(fs, registered))
     tried = []
-    for cand in candidates(fs, latest_path):
+    for cand in found:
         if cand.problem is None:
             try:
                 loaded = load(cand.path)
             except CheckpointError as exc:
                 cand = Found(cand.path, cand.step, _reason(exc))
             else:
+                name = posixpath.basename(cand.path)
                 if tried:
                     warn(f"[raylpclip] warning: skipped unusable checkpoints ({describe(tried)}); "
-                         f"resuming from {posixpath.basename(cand.path)} (step {cand.step})")
+                         f"resuming from {name} (step {cand.step})")
+                elif (registered or "").rstrip("/") != cand.path.rstrip("/"):
+                    known = posixpath.basename(registered) if registered else "none"
+                    warn(f"[raylpclip] resuming from {name} (step {cand.step}): complete in storage, newer than "
+                         f"Ray Train's latest registered checkpoint ({known}), which a failure cut short")
                 return cand, loaded
         tried.append(cand)
-    raise CheckpointError(f"none of the {len(tried)} checkpoints in {posixpath.dirname(latest_path.rstrip('/'))} "
-                          f"can be used ({describe(tried)}); use a new run name, or delete the run directory "
-                          "to start over")
+    if not tried:
+        return None
+    raise CheckpointError(f"none of the {len(tried)} checkpoints in {run_path} can be used ({describe(tried)}); "
+                          "use a new run name, or delete the run directory to start over")
 
 
 def preflight(fs: pafs.FileSystem, run_path: str, *, warn: Callable[[str], None],

@@ -138,6 +138,8 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
                            "probe": os.environ.get(PROBE_ENV) or None,
                            "elastic": f"{elastic[0]}-{elastic[1]}" if elastic else None,
                            "storage_counter": storage_counter,
+                           # where the workers look for the checkpoint to resume from (runtime/checkpoints.py)
+                           "run_storage": (filesystem, f"{storage.rstrip('/')}/{cfg.name}"),
                            **(extra_loop_config or {})},  # e.g. {"bench": ...} from `raylpclip bench train`
         scaling_config=ray.train.ScalingConfig(
             num_workers=elastic or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,

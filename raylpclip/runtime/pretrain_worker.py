@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import posixpath
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
@@ -152,20 +154,29 @@ class Restored:
     path: str | None = None
 
 
-def restore_run(task: PretrainTask, optimizer, scheduler, *, say=None) -> Restored:
-    """Load the run's latest usable checkpoint: Ray's latest, or (when that one is damaged, see
-    runtime/checkpoints.py) the newest older one that passes its checks, saying so through `say`."""
+def restore_run(task: PretrainTask, optimizer, scheduler, *, run: tuple | None = None, say=None) -> Restored:
+    """Load the run's newest complete checkpoint (runtime/checkpoints.py): usually Ray's latest, but
+    past a damaged one, or a complete one Ray never registered; what was skipped goes to `say`.
+    `run`: (filesystem or None for local, run directory path), from the driver."""
     latest = ray.train.get_checkpoint()
-    if latest is None:
+    if run is not None:
+        fs, run_path = run[0] or pafs.LocalFileSystem(), run[1]
+    elif latest is not None:
+        fs, run_path = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    else:
         return Restored(LoopState())
 
     def load(path: str):
-        with ray.train.Checkpoint(path, latest.filesystem).as_directory() as directory:
+        with ray.train.Checkpoint(path, fs).as_directory() as directory:
             state = load_state(directory)
             pos_file = Path(directory) / POSITION_FILE
             return state, (position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None)
 
-    found, (state, positions) = choose(latest.filesystem, latest.path, load=load, warn=say or (lambda line: None))
+    chosen = choose(fs, run_path, registered=latest.path if latest is not None else None, load=load,
+                    warn=say or (lambda line: None))
+    if chosen is None:
+        return Restored(LoopState())
+    found, (state, positions) = chosen
     task.load_state_dict(state["task"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
@@ -207,7 +218,7 @@ def pretrain_worker(loop_config: dict) -> None:
     t = build_training(cfg, tokenizer=tokenizer, rank=rank, device=device, wrap=ddp_wrap(cfg.train))
     optimizer, scheduler, task = t.optimizer, t.scheduler, t.task
     say = progress if rank == 0 else (lambda line: None)
-    restored = restore_run(task, optimizer, scheduler, say=say)
+    restored = restore_run(task, optimizer, scheduler, run=loop_config.get("run_storage"), say=say)
     state = restored.state
     if state.step:
         say(f"[raylpclip] resumed {cfg.name} at step {state.step} ({state.samples_seen} samples seen) "

@@ -30,6 +30,7 @@ def ensure_ray(cfg: RayConfig) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     for attempt in range(1, START_ATTEMPTS + 1):
+        before = _children()
         try:
             with loopback_node():
                 ray.init(
@@ -46,8 +47,27 @@ def ensure_ray(cfg: RayConfig) -> None:
             if "timed out during startup" not in str(exc) or attempt == START_ATTEMPTS:
                 raise
             ray.shutdown()
+            _stop_started_since(before)  # the failed attempt's GCS, raylet, dashboard: no one owns them now
             log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
     quiet_ray_data()
+
+
+def _children() -> set[int]:
+    import psutil  # Ray's own dependency
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+def _stop_started_since(before: set[int]) -> None:
+    """Terminate the processes this process started since `before` (then kill what lingers)."""
+    import psutil
+
+    procs = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
+    for p in procs:
+        p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        p.kill()
 
 
 @contextlib.contextmanager

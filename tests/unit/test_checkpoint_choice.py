@@ -75,7 +75,7 @@ def test_choose_falls_back_past_a_truncated_latest_with_a_warning(tmp_path):
     latest = _save(tmp_path, 30)
     truncate(latest / STATE_FILE)
     warnings = []
-    found, state = choose(LOCAL, str(latest), load=load_state, warn=warnings.append)
+    found, state = choose(LOCAL, str(tmp_path), registered=str(latest), load=load_state, warn=warnings.append)
     assert found.step == 20 and state["step"] == 20
     assert len(warnings) == 1 and "checkpoint_0030: state.pt has" in warnings[0] and "step 20" in warnings[0]
 
@@ -86,15 +86,35 @@ def test_choose_skips_a_checkpoint_that_fails_its_full_check(tmp_path):
     blob = bytearray((latest / STATE_FILE).read_bytes())
     blob[-100] ^= 0xFF  # corrupted in place: the size still matches, the digest does not
     (latest / STATE_FILE).write_bytes(bytes(blob))
-    found, _ = choose(LOCAL, str(latest), load=load_state, warn=lambda line: None)
+    found, _ = choose(LOCAL, str(tmp_path), registered=str(latest), load=load_state, warn=lambda line: None)
     assert found.step == 10
 
 
-def test_choose_ignores_unregistered_newer_checkpoints(tmp_path):
+def test_choose_takes_a_complete_checkpoint_ray_never_registered(tmp_path):
+    """Uploaded whole, then the worker group died before the controller registered it: still the
+    newest complete state, so the run resumes from it (and says why it is not Ray's latest)."""
     registered = _save(tmp_path, 10)
-    _save(tmp_path, 20)  # persisted after Ray's last registration (e.g. the driver died): not Ray's latest
-    found, state = choose(LOCAL, str(registered), load=load_state, warn=lambda line: None)
-    assert found.step == 10 and state["step"] == 10
+    _save(tmp_path, 20)
+    warnings = []
+    found, state = choose(LOCAL, str(tmp_path), registered=str(registered), load=load_state, warn=warnings.append)
+    assert found.step == 20 and state["step"] == 20
+    assert len(warnings) == 1 and "newer than Ray Train's latest registered checkpoint (checkpoint_0010)" in warnings[0]
+    warnings.clear()
+    found, _ = choose(LOCAL, str(tmp_path), registered=None, load=load_state, warn=warnings.append)
+    assert found.step == 20 and "registered checkpoint (none)" in warnings[0]
+
+
+def test_choose_with_no_checkpoint_starts_fresh(tmp_path):
+    assert choose(LOCAL, str(tmp_path / "run"), registered=None, load=load_state, warn=pytest.fail) is None
+
+
+def test_a_partly_uploaded_newer_checkpoint_is_passed_over(tmp_path):
+    registered = _save(tmp_path, 10)
+    partial = _save(tmp_path, 20)
+    (partial / STATE_FILE).unlink()  # the upload copied the other files first
+    warnings = []
+    found, _ = choose(LOCAL, str(tmp_path), registered=str(registered), load=load_state, warn=warnings.append)
+    assert found.step == 10 and "checkpoint_0020: no state.pt" in warnings[0]
 
 
 def test_choose_with_nothing_usable_names_every_checkpoint(tmp_path):
@@ -102,7 +122,7 @@ def test_choose_with_nothing_usable_names_every_checkpoint(tmp_path):
     (a / STATE_FILE).unlink()
     truncate(b / STATE_FILE)
     with pytest.raises(CheckpointError) as err:
-        choose(LOCAL, str(b), load=load_state, warn=lambda line: None)
+        choose(LOCAL, str(tmp_path), registered=str(b), load=load_state, warn=lambda line: None)
     message = str(err.value)
     assert "none of the 2 checkpoints" in message and "checkpoint_0010: no state.pt" in message
     assert "checkpoint_0020: state.pt has" in message and "\n" not in message
