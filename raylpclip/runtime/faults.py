@@ -234,8 +234,7 @@ class FaultProxy:
                 pass
 
             def _serve(self):
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body, chunked = self._body()
                 with proxy._lock:
                     failing = proxy.fail(self.command, self.path)
                     if failing:
@@ -250,19 +249,43 @@ class FaultProxy:
                     self.wfile.write(SLOW_DOWN)
                     return
                 conn = http.client.HTTPConnection(proxy.target, timeout=60)
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection",)}
-                conn.request(self.command, self.path, body=body, headers=headers)
+                hop = ("connection", "transfer-encoding", "expect", "content-length", "keep-alive")
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
+                if chunked:
+                    conn.request(self.command, self.path, body=iter([body]), headers=headers, encode_chunked=True)
+                else:
+                    headers["Content-Length"] = str(len(body))
+                    conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
                 self.send_response(resp.status, resp.reason)
                 for k, v in resp.getheaders():
-                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                    # a HEAD answer keeps the object's length; other bodies are re-sent whole
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            k.lower() != "content-length" or self.command == "HEAD"):
                         self.send_header(k, v)
-                self.send_header("Content-Length", str(len(data)))
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if self.command != "HEAD":
                     self.wfile.write(data)
                 conn.close()
+
+            def _body(self) -> tuple[bytes, bool]:
+                """The request body, and whether it came chunked (HTTP/1.1 chunks are decoded here
+                and sent on chunked again: the AWS SDK streams uploads that way)."""
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    length = int(self.headers.get("Content-Length") or 0)
+                    return (self.rfile.read(length) if length else b""), False
+                chunks = []
+                while True:
+                    size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                    if size == 0:
+                        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                            pass
+                        return b"".join(chunks), True
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _serve
 
