@@ -9,6 +9,6 @@ ATTENTION_MASK = "attention_mask"  # int64 (B, L), 1 for real tokens
 LABEL = "label"  # int64 (B,), -1 when the sample carries no class label
 IMAGE_ID = "image_id"  # int64 (B,), same for rows that share an image (several captions): retrieval groups
 KEY = "key"  # str, the img2dataset sample key
-POSITION = "position"  # int64 (B,), (shard ordinal << 32) | row in shard: what a resumed run skips
+POSITION = "__position__"  # reserved name (shards may carry a `position` metadata field); int64 (B,), (shard ordinal << 32) | row in shard: what a resumed run skips
 
 TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL, IMAGE_ID)
