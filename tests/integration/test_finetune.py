@@ -1,13 +1,22 @@
 """`raylpclip finetune` end to end on the shared local Ray instance: CAR-FT on 2 workers over labelled
 synthetic shards mixed with caption-only ones (skipped and counted), classifier directories that load
-back, WiSE-FT mixtures that are what they claim, and a re-run that resumes instead of retraining."""
+back, WiSE-FT mixtures that are what they claim, a re-run that resumes instead of retraining, and a
+Train worker SIGKILLed mid-run that is replaced and resumes from the latest registered checkpoint."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
+import re
+import signal
+import threading
+import time
 
 import pytest
+import ray
 import torch
+from ray.util.state import list_actors
 
 from raylpclip.cli import main
 from raylpclip.engine.checkpoint import load_state
@@ -91,3 +100,101 @@ def test_image_size_must_match_the_model(synthetic_shards, tiny_clip_dir, tmp_pa
     code = main(["finetune", f"model={tiny_clip_dir}", f"output_dir={tmp_path}", "data.image_size=64",
                  f"data.train={synthetic_shards['webdataset']}"])
     assert code == 2 and "'data.image_size': got 64 but the model" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------- a worker killed mid-run
+
+KILL_STEPS, KILL_EVERY = 24, 4
+
+
+def _our_actors(*filters) -> list:
+    """Ray Train worker actors of the Ray instance this process started. The state API must be given
+    that instance's address: without one it joins the newest instance on the machine, which may be
+    another test run's."""
+    return list_actors(address=ray.get_runtime_context().gcs_address,
+                       filters=[("class_name", "=", "RayTrainWorker"), *filters])
+
+
+def _train_worker_pids() -> set[int]:
+    """Pids of live Train workers, and only processes this test's own Ray instance started (its
+    descendants): never kill what belongs to another run on the machine."""
+    import psutil  # vendored by Ray: importable once ray is
+
+    ours = {p.pid for p in psutil.Process().children(recursive=True)}
+    return {a.pid for a in _our_actors(("state", "=", "ALIVE")) if a.pid in ours}
+
+
+def _registered_step(run_dir) -> int | None:
+    """The step of the newest checkpoint Ray Train has registered for the run (what a restarted worker
+    group gets from ray.train.get_checkpoint()). A checkpoint's files reach storage up to one controller
+    poll (2 s) before it is registered; a kill in between would resume from the one before."""
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    try:
+        latest = json.loads(snapshot.read_text()).get("latest_checkpoint_result") or {}
+        return int(latest["metrics"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _kill_one_worker_after_checkpoint(run_dir, at_least: int, *, timeout: float = 300):
+    """In the background: once a checkpoint of step >= `at_least` is registered, SIGKILL one Train
+    worker, then wait for the replacement group. The thread's `.record` says what happened."""
+    record: dict = {}
+
+    def run():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            step = _registered_step(run_dir)
+            pids = _train_worker_pids() if step is not None and step >= at_least else set()
+            if pids:
+                record.update(killed=max(pids), old=pids, checkpoint_step=step)
+                os.kill(record["killed"], signal.SIGKILL)
+                break
+            time.sleep(0.2)
+        while "killed" in record and time.monotonic() < deadline:
+            new = _train_worker_pids() - record["old"]
+            if new:
+                record["replacements"] = new
+                return
+            time.sleep(0.5)
+
+    thread = threading.Thread(target=run, daemon=True, name="kill-finetune-worker")
+    thread.record = record
+    thread.start()
+    return thread
+
+
+def test_killed_worker_is_replaced_and_finetuning_resumes(ray_session, synthetic_shards, tiny_clip_dir, tmp_path,
+                                                          capsys):
+    # Reports only every KILL_EVERY steps: each report waits for the controller's poll (every 2 s), so
+    # the run lasts long enough after the first checkpoint for the kill to land mid-run.
+    overrides = [o for o in _overrides(synthetic_shards, tiny_clip_dir, tmp_path) if not o.startswith("data.eval=")]
+    overrides += ["name=ft-kill", f"train.steps={KILL_STEPS}", f"train.checkpoint_every={KILL_EVERY}",
+                  f"train.log_every={KILL_EVERY}", "train.eval_every=0", "train.max_failures=1", "wise_alphas=[]"]
+    killer = _kill_one_worker_after_checkpoint(tmp_path / "ft-kill", KILL_EVERY)
+    assert main(["finetune", *overrides]) == 0
+    killer.join(timeout=60)
+    record = killer.record
+    assert "killed" in record, "no Train worker was killed"
+    summary = json.loads((tmp_path / "ft-kill" / "summary.json").read_text())
+    assert (summary["step"], summary["samples_seen"]) == (KILL_STEPS, KILL_STEPS * 16)
+    assert math.isfinite(summary["loss"]) and math.isfinite(summary["ce_loss"])
+
+    # The killed process is dead; a new worker group (other pids) took over and resumed from the
+    # checkpoint registered before the kill, not from step 0.
+    killed = _our_actors(("pid", "=", record["killed"]))
+    assert killed and all(a.state == "DEAD" for a in killed)
+    assert record.get("replacements") and record["killed"] not in record["replacements"]
+    out = ""
+    for _ in range(20):  # worker lines reach the driver through Ray's log monitor, possibly late
+        out += capsys.readouterr().out
+        resumed = re.findall(r"pid=(\d+)[^)]*\)\S* \[raylpclip\] resumed ft-kill at step (\d+)", out)
+        if resumed:
+            break
+        time.sleep(0.5)
+    assert len(resumed) == 1, out[-3000:]
+    pid, step = int(resumed[0][0]), int(resumed[0][1])
+    assert pid in record["replacements"]
+    assert step >= record["checkpoint_step"] >= KILL_EVERY and step % KILL_EVERY == 0 and step < KILL_STEPS
+    print(f"killed worker pid {record['killed']} after checkpoint {record['checkpoint_step']}; "
+          f"resumed at step {step} on pid {pid}; final step {summary['step']} loss {summary['loss']:.4f}")
