@@ -118,6 +118,12 @@ class TrainConfig:
     cpus_per_worker: float = 1.0
     threads_per_worker: int = 1  # torch intra-op threads in each worker
     max_failures: int = 0
+    # > 0: elastic worker group. After losing nodes the run goes on with as many workers as fit, at
+    # least this many (Ray Train restarts it from the latest checkpoint); 0: always num_workers (waits).
+    min_workers: int = 0
+    # Extra Ray resources each Train worker needs beside train.cpus_per_worker, e.g. {trainer: 1} to keep
+    # the workers on the nodes that offer a `trainer` resource (data decoding still runs anywhere).
+    worker_resources: dict[str, float] = field(default_factory=dict)
     # Speed/memory switches (engine/setup.py). Each works on CPU or falls back with a logged note.
     fused_adamw: bool = True  # torch's fused AdamW kernel (CUDA; CPU since torch 2.4); else the foreach one
     compile: bool = False  # torch.compile the vision and text towers in place (checkpoint keys unchanged)
@@ -125,12 +131,6 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute tower activations in backward: memory for ~1/3 more compute
     ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (all-reduce granularity), as torch's default
     async_checkpoint: bool = True  # checkpoint upload to storage runs in the background (Ray Train ASYNC)
-    # > 0: elastic worker group. After losing nodes the run goes on with as many workers as fit, at
-    # least this many (Ray Train restarts it from the latest checkpoint); 0: always num_workers (waits).
-    min_workers: int = 0
-    # Extra Ray resources each Train worker needs beside train.cpus_per_worker, e.g. {trainer: 1} to keep
-    # the workers on the nodes that offer a `trainer` resource (data decoding still runs anywhere).
-    worker_resources: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -318,12 +318,12 @@ def _check_train(t: TrainConfig, key: str) -> None:
     _require(t.cpus_per_worker > 0, f"{key}.cpus_per_worker", "expected > 0")
     _require(t.threads_per_worker >= 1, f"{key}.threads_per_worker", "expected >= 1")
     _require(t.max_failures >= -1, f"{key}.max_failures", "expected >= -1 (-1: unlimited)")
-    _require(t.ddp_bucket_cap_mb > 0, f"{key}.ddp_bucket_cap_mb", f"got {t.ddp_bucket_cap_mb}, expected > 0")
     bad = {k: v for k, v in t.worker_resources.items() if k in ("CPU", "GPU") or not v > 0}
     _require(not bad, f"{key}.worker_resources", f"got {bad}, expected custom resource names with amounts > 0 "
              "(CPUs: train.cpus_per_worker, GPUs: train.use_gpu)")
     _require(0 <= t.min_workers <= t.num_workers, f"{key}.min_workers",
              f"got {t.min_workers}, expected 0 (fixed) to train.num_workers = {t.num_workers}")
+    _require(t.ddp_bucket_cap_mb > 0, f"{key}.ddp_bucket_cap_mb", f"got {t.ddp_bucket_cap_mb}, expected > 0")
 
 
 def _check_batch_split(t: TrainConfig, o: OptimConfig) -> None:

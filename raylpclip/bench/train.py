@@ -26,6 +26,7 @@ import dataclasses
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,11 @@ class TrainBenchSection:
     memory_batches: int = 4  # distinct in-memory batches the plain loop cycles through
     checkpoints: int = 2  # checkpoints saved and timed after the 1-worker run's timed steps
     two_workers: bool = True  # also the 2-worker pipeline (two_worker_ratio)
+    # Ray Data's object-store budget in the pipeline runs, in global batches of decoded samples (0: Ray's
+    # default). It bounds the read-ahead, so that the timed steps see the steady state of a long run,
+    # decoding at the pace of training, not a small data set decoded whole before timing began (what
+    # Ray's default budget does with the few thousand samples a bench run consumes).
+    data_buffer_batches: int = 16
     synthetic_samples: int = 0  # shards generated when data.train is empty; 0: enough for every run's steps
     synthetic_image_size: int = 64
 
@@ -72,7 +78,7 @@ def check(cfg: TrainBenchConfig) -> None:
     for key in ("rounds", "timed_steps", "windows", "memory_batches"):
         if getattr(b, key) < 1:
             raise ConfigError(f"config key 'bench.{key}': got {getattr(b, key)}, expected >= 1")
-    for key in ("threads", "warmup_steps", "checkpoints", "synthetic_samples"):
+    for key in ("threads", "warmup_steps", "checkpoints", "synthetic_samples", "data_buffer_batches"):
         if getattr(b, key) < 0:
             raise ConfigError(f"config key 'bench.{key}': got {getattr(b, key)}, expected >= 0")
     if b.window_steps < 2:
@@ -196,11 +202,32 @@ def pipeline(cfg: TrainBenchConfig, *, tokenizer, data, workers: int, threads: i
     spec = {"warmup_steps": b.warmup_steps, "timed_steps": b.timed_steps,
             "save_steps": save_steps(b) if workers == 1 else []}
     trainer = build_trainer(run, tokenizer=tokenizer, classnames=[], data=data, counter=counter,
-                            extra_loop_config={"bench": spec})
+                            extra_loop_config={"bench": spec}, data_options=data_options(buffer_bytes(cfg)))
     metrics = fit(trainer, label).metrics or {}
     if "bench" not in metrics:
         raise RuntimeError(f"bench run {label} finished without its timing report; see the worker logs above")
     return metrics["bench"]
+
+
+def buffer_bytes(cfg: TrainBenchConfig) -> int:
+    """`bench.data_buffer_batches` global batches of decoded samples (uint8 image, int64 ids and mask)."""
+    per_sample = 3 * cfg.data.image_size ** 2 + 16 * cfg.data.context_length + 16
+    return cfg.bench.data_buffer_batches * cfg.train.batch_size * per_sample
+
+
+def data_options(budget: int):
+    """Ray Data ExecutionOptions for the bench's Train datasets: Train's defaults with an object-store
+    budget of `budget` bytes (None, Train's defaults, for 0). Train resolves its default options in its
+    own controller process, so a budget set in this process's DataContext would not reach the datasets."""
+    if not budget:
+        return None
+    import ray.train
+
+    with warnings.catch_warnings():  # Ray's own default options still carry a deprecated field
+        warnings.simplefilter("ignore")
+        options = ray.train.DataConfig.default_ingest_options()
+        options.resource_limits = options.resource_limits.copy(object_store_memory=budget)
+    return options
 
 
 def storage_dir(cfg: TrainBenchConfig) -> Path:

@@ -168,6 +168,20 @@ class RetryingHandler(pafs.FileSystemHandler):
     def __eq__(self, other):
         return isinstance(other, RetryingHandler) and self.inner.equals(other.inner)
 
+    # The handler travels pickled to Ray Train's controller and workers, and pyarrow's S3FileSystem
+    # pickles without its retry_strategy: it would come back retrying by itself (the SDK's 3 attempts),
+    # so that a throttled upload succeeds without this handler ever seeing, or counting, the error.
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        if isinstance(self.inner, pafs.S3FileSystem):
+            state["inner"] = ("s3", self.inner.__reduce__()[1][0])  # its constructor arguments
+        return state
+
+    def __setstate__(self, state):
+        if isinstance(state["inner"], tuple):
+            state["inner"] = single_try_s3(state["inner"][1])
+        self.__dict__.update(state)
+
     def __ne__(self, other):
         return not self == other
 
@@ -232,6 +246,11 @@ class RetryingHandler(pafs.FileSystemHandler):
         raise OSError(f"append is not supported on run storage ({path})")
 
 
+def single_try_s3(kwargs: dict[str, Any]) -> pafs.S3FileSystem:
+    """pyarrow's S3 client making one attempt per request: RetryingHandler does the retrying, and counts it."""
+    return pafs.S3FileSystem(**kwargs, retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+
+
 def storage_filesystem(storage_path: str, cfg: S3Config, *,
                        on_retry: Callable[[str], None] | None = None) -> pafs.FileSystem | None:
     """The filesystem Ray Train keeps a run's checkpoints in: for s3://, pyarrow's S3 client (endpoint,
@@ -240,8 +259,7 @@ def storage_filesystem(storage_path: str, cfg: S3Config, *,
     None (Ray's default) for local paths."""
     if not storage_path.startswith("s3://"):
         return None
-    kwargs: dict[str, Any] = {"connect_timeout": cfg.connect_timeout, "request_timeout": 60,
-                              "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=1)}
+    kwargs: dict[str, Any] = {"connect_timeout": cfg.connect_timeout, "request_timeout": 60}
     if cfg.endpoint_url:
         scheme, _, host = cfg.endpoint_url.partition("://")
         kwargs.update(scheme=scheme, endpoint_override=host.rstrip("/"))
@@ -253,6 +271,6 @@ def storage_filesystem(storage_path: str, cfg: S3Config, *,
         # Into the filesystem object (pickled to Ray's controller and workers), never into the config.
         kwargs.update(access_key=os.environ["AWS_ACCESS_KEY_ID"], secret_key=os.environ["AWS_SECRET_ACCESS_KEY"],
                       session_token=os.environ.get("AWS_SESSION_TOKEN"))
-    inner = pafs.S3FileSystem(**kwargs)
+    inner = single_try_s3(kwargs)
     return pafs.PyFileSystem(RetryingHandler(inner, policy=RetryPolicy(max_attempts=cfg.max_attempts),
                                              on_retry=on_retry))

@@ -10,6 +10,7 @@ helpers take any command line or pid, so the same drills apply to other commands
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -123,6 +124,25 @@ def kill_worker_when(directory: str | Path, *, rank: int, when: Callable[[], obj
 
 # ----------------------------------------------------------------------------------- driver kill
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL `proc`, its process group and every descendant, and wait until they are all gone. Ray's
+    raylet starts workers in process groups of their own: a group kill alone leaves them training
+    (and writing records) for a few more steps, until they notice their raylet is gone."""
+    import psutil  # Ray's own dependency
+
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        tree = []
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    for p in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)
+
+
 def run_until(cmd: list[str], *, pattern: str | None = None, until: Callable[[], object] | None = None,
               env: dict | None = None, timeout: float = 600) -> list[str]:
     """Run `cmd` in its own process group and SIGKILL the whole group (driver, its Ray instance, its
@@ -146,8 +166,7 @@ def run_until(cmd: list[str], *, pattern: str | None = None, until: Callable[[],
                            or (until is not None and until()))
             time.sleep(0.1)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        kill_tree(proc)
         reader.join(timeout=5)
     if not matched:
         raise RuntimeError(f"the kill condition never held (exit code {proc.returncode}):\n" + "".join(lines[-30:]))

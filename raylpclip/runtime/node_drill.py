@@ -24,12 +24,13 @@ from pathlib import Path
 def _cluster(head_cpus: int, node_cpus: int):
     from ray.cluster_utils import Cluster
 
-    from raylpclip.runtime.session import loopback_node
+    from raylpclip.runtime.session import dashboard_port, loopback_node
 
     with loopback_node():
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "resources": {"trainer": 1}, "node_ip_address": "127.0.0.1",
-            "dashboard_host": "127.0.0.1", "include_dashboard": True})
+            "dashboard_host": "127.0.0.1", "include_dashboard": True,
+            "dashboard_port": dashboard_port()})
         node = cluster.add_node(num_cpus=node_cpus, resources={"trainer": 1}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster, node
@@ -41,6 +42,7 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
     from raylpclip.config import PretrainConfig, load_config
     from raylpclip.runtime.faults import PROBE_ENV, ProbeRecords, persisted_steps, wait_for
     from raylpclip.runtime.pretrain import run_pretrain
+    from raylpclip.runtime.session import loopback_node
 
     probe = os.environ.setdefault(PROBE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
     cluster, node = _cluster(head_cpus, node_cpus)
@@ -59,7 +61,8 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
 
     threading.Thread(target=remove_when_past_step, daemon=True).start()
     try:
-        ray.init(address=cluster.address, log_to_driver=True)
+        with loopback_node():  # else Ray swaps 127.0.0.1 for the machine's address, where nothing listens
+            ray.init(address=cluster.address, log_to_driver=True)
         cfg = load_config(PretrainConfig, None, [*overrides, f"ray.address={cluster.address}",
                                                   "train.worker_resources={trainer: 1}"])
         summary = run_pretrain(cfg)
@@ -74,4 +77,9 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
 
 
 if __name__ == "__main__":
+    # The drill's driver joins its cluster by address, and Ray turns token auth on by itself only for
+    # a local instance it starts: the joining client must be told, before Ray is imported, to send
+    # the token (the one in ~/.ray/auth_token that the in-process head was started with).
+    assert "ray" not in sys.modules
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     run(sys.argv[1], int(sys.argv[2]), sys.argv[3:])

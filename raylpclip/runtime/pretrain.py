@@ -111,7 +111,8 @@ def check_run_checkpoints(cfg: PretrainConfig) -> None:
 
 
 def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter,
-                  callbacks: tuple = (), storage_counter=None, extra_loop_config: dict | None = None) -> TorchTrainer:
+                  callbacks: tuple = (), storage_counter=None, extra_loop_config: dict | None = None,
+                  data_options=None) -> TorchTrainer:
     """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune trial.
 
     Training sources read through positioned readers (runtime/positioned.py), so that every row says
@@ -156,7 +157,8 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
         ),
         datasets=datasets,
         # The eval set goes whole to every worker (rank 0 evaluates); only training data is split.
-        dataset_config=ray.train.DataConfig(datasets_to_split=train_names),
+        # `data_options`: Ray Data ExecutionOptions for the datasets (default: those of the controller's DataContext).
+        dataset_config=ray.train.DataConfig(datasets_to_split=train_names, execution_options=data_options),
     )
 
 

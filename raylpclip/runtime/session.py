@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 
 import ray
 
@@ -27,17 +28,22 @@ def ensure_ray(cfg: RayConfig) -> None:
     # it, and a client and GCS that disagree about auth cannot talk.
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        with loopback_node():  # a 127.0.0.1 address stays loopback (the instance listens there only)
+            ray.init(address=address, log_to_driver=True)
         return
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         try:
             with loopback_node():
                 ray.init(
+                    # "local": always a new instance. Without it ray.init joins whatever instance
+                    # /tmp/ray/ray_current_cluster names, which a crashed test cluster leaves behind.
+                    address="local",
                     num_cpus=cfg.num_cpus,
                     _node_ip_address="127.0.0.1",  # never listen beyond loopback in local mode
                     include_dashboard=cfg.dashboard,
                     dashboard_host="127.0.0.1",
+                    dashboard_port=dashboard_port(),
                     log_to_driver=True,
                 )
             break
@@ -50,6 +56,22 @@ def ensure_ray(cfg: RayConfig) -> None:
             _stop_started_since(before)  # the failed attempt's GCS, raylet, dashboard: no one owns them now
             log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
     quiet_ray_data()
+
+
+DEFAULT_DASHBOARD_PORT = 8265
+
+
+def dashboard_port() -> int:
+    """Ray's usual dashboard port when it is free, else any free loopback port: Ray 2.60 refuses to
+    start a second local instance (another job, a test's cluster) whose dashboard port is taken."""
+    for port in (DEFAULT_DASHBOARD_PORT, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free loopback port for the Ray dashboard")
 
 
 def _children() -> set[int]:

@@ -25,9 +25,18 @@ class SkipCounter:
 
 
 def new_counter():
-    # On the driver's node: a node lost mid-run (see runtime/node_drill.py) must not take the counts along.
-    here = ray.get_runtime_context().get_node_id()
-    return SkipCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=True)).remote()
+    # On the head node: a worker node lost mid-run (see runtime/node_drill.py) must not take the counts
+    # along, and the head holds the cluster's GCS, so a run cannot outlive it anyway. (The driver's own
+    # node is not enough: a driver on a machine with several nodes may be attached to any of them.)
+    return SkipCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=True)).remote()
+
+
+def head_node_id() -> str:
+    """The live head node's id (the driver's node when none says it is the head)."""
+    for node in ray.nodes():
+        if node.get("Alive") and "node:__internal_head__" in node.get("Resources", {}):
+            return node["NodeID"]
+    return ray.get_runtime_context().get_node_id()
 
 
 def totals(counter) -> dict[str, int]:

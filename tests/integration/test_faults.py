@@ -136,12 +136,13 @@ def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_s
                             probe, monkeypatch)
     killer.join(timeout=5)
     assert killer.killed is not None, "the worker was never killed"
-    killed_at = max(b["step"] for b in records.batches if b["pid"] == killer.killed)
+    first = {w["pid"] for w in records.workers if w["start_step"] == 0}
+    killed_at = max(b["step"] for b in records.batches if b["pid"] in first)  # the step in flight
     restarts = [w for w in records.workers if w["start_step"] > 0]
     resumed = {w["start_step"] for w in restarts}
     assert {w["rank"] for w in restarts} == {0, 1} and len(resumed) == 1  # both ranks from one checkpoint
     resumed_from = resumed.pop()
-    assert resumed_from == 10 < killed_at
+    assert resumed_from >= 10 and resumed_from < killed_at  # the newest checkpoint in storage, not step 0
     assert killer.killed not in {w["pid"] for w in restarts}  # a new process replaced the killed one
     _assert_close_to_reference(summary, reference)
     # replayed: only what was trained between that checkpoint and the kill (the rest of the epoch was skipped)
@@ -237,7 +238,7 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     resumed = {w["start_step"] for w in after}
     assert after and {w["world"] for w in after} == {1} and len(resumed) == 1
     resumed_from = resumed.pop()
-    assert resumed_from == 10  # the checkpoint in storage when the node went
+    assert resumed_from >= 10  # the newest checkpoint in storage when the node went
     assert f"resumed node-loss at step {resumed_from}" in out and "with 1 workers" in out
     summary = result["summary"]
     _assert_close_to_reference(summary, reference)

@@ -3,6 +3,10 @@ through at once. The wrapped filesystem here fails on purpose like S3 does (Slow
 
 from __future__ import annotations
 
+import http.server
+import pickle
+import threading
+
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
@@ -12,6 +16,7 @@ from raylpclip.data.storage import (RetryingHandler, RetryPolicy, is_transient, 
                                     with_retries)
 
 FAST = RetryPolicy(max_attempts=4, base_s=0.001, cap_s=0.002)
+FAST_3 = RetryPolicy(max_attempts=3, base_s=0.001, cap_s=0.002)
 
 
 class Flaky(pafs.FileSystemHandler):
@@ -177,3 +182,39 @@ def test_storage_filesystem_only_for_s3(monkeypatch):
     assert isinstance(fs, pafs.PyFileSystem) and fs.type_name == "py::retrying+s3"
     assert isinstance(fs.handler.inner, pafs.S3FileSystem) and fs.handler.policy.max_attempts == 3
     pa.BufferReader  # noqa: B018 - pyarrow stays importable without Ray
+
+
+class _Throttling(http.server.BaseHTTPRequestHandler):
+    """An S3 endpoint that answers every request 503 SlowDown, and counts them."""
+
+    hits = 0
+
+    def _slow_down(self):
+        type(self).hits += 1
+        body = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+        self.send_response(503)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_GET = do_HEAD = do_PUT = do_POST = _slow_down
+
+    def log_message(self, *args):
+        pass
+
+
+def test_pickled_storage_filesystem_still_makes_one_attempt_per_retry():
+    """Ray Train pickles the run-storage filesystem to its workers; pyarrow's S3FileSystem pickles
+    without its retry strategy, and would then retry inside the AWS SDK, unseen and uncounted."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttling)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        cfg = S3Config(endpoint_url=f"http://127.0.0.1:{server.server_address[1]}", max_attempts=3)
+        fs = pickle.loads(pickle.dumps(storage_filesystem("s3://runs/x", cfg)))
+        fs.handler.policy = FAST_3
+        with pytest.raises(OSError, match="SLOW_DOWN|503"):
+            fs.get_file_info("runs/x/state.pt")
+    finally:
+        server.shutdown()
+    assert _Throttling.hits == FAST_3.max_attempts  # not 3 x the SDK's own attempts
