@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 
 from raylpclip import columns
 from raylpclip.methods.lpclip import Collective, LPCLIPConfig, self_train, supervised_probe
+from raylpclip.runtime.faults import Probe
 from raylpclip.runtime.inference import FEATURE_PREFIX
 from raylpclip.runtime.pretrain_worker import progress, quiet_report_logs
 
@@ -39,13 +40,17 @@ def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
     return {n: v[order] for n, v in data.items()}
 
 
-def probe_worker(loop_config: dict) -> None:
+def probe_worker(loop_config: dict, *, fault_probe: str | None = None) -> None:
+    """`fault_probe`: a directory for fault drills (runtime/faults.py; a test binds it with
+    functools.partial): the worker writes its pid marker there once its features are in memory, so
+    a drill can kill it while it trains rather than while it reads."""
     quiet_report_logs()
     torch.set_num_threads(loop_config["threads"])
     context = ray.train.get_context()
     world, rank = context.get_world_size(), context.get_world_rank()
     supervised = loop_config["supervised"]
     data = load_shard(ray.train.get_dataset_shard("train"), with_labels=supervised)
+    Probe.from_config(fault_probe, rank=rank, world=world, start_step=0, accum_steps=1)
     weak, strong = data[FEATURE_PREFIX + "weak"].float(), data[FEATURE_PREFIX + "strong"].float()
     weights = torch.as_tensor(loop_config["zeroshot_weights"]).float()
     cfg = LPCLIPConfig(**loop_config["lpclip"])
