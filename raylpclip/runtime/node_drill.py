@@ -30,7 +30,11 @@ def _cluster(head_cpus: int, node_cpus: int):
         cluster = Cluster(initialize_head=True, head_node_args={
             "num_cpus": head_cpus, "resources": {"trainer": 1}, "node_ip_address": "127.0.0.1",
             "dashboard_host": "127.0.0.1", "include_dashboard": True,
-            "dashboard_port": dashboard_port()})
+            "dashboard_port": dashboard_port(),
+            # Notice a lost node in ~3 s, not Ray's default ~30 s of missed health checks: the drill
+            # measures the run's recovery, not the detection delay.
+            "_system_config": {"health_check_period_ms": 1000, "health_check_timeout_ms": 1000,
+                               "health_check_failure_threshold": 3}})
         node = cluster.add_node(num_cpus=node_cpus, resources={"trainer": 1}, node_ip_address="127.0.0.1")
     cluster.wait_for_nodes()
     return cluster, node

@@ -6,6 +6,7 @@ owned by the driver adds them up so that progress lines, metrics and summary.jso
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 
 import ray
@@ -28,7 +29,8 @@ def new_counter():
     # On the head node: a worker node lost mid-run (see runtime/node_drill.py) must not take the counts
     # along, and the head holds the cluster's GCS, so a run cannot outlive it anyway. (The driver's own
     # node is not enough: a driver on a machine with several nodes may be attached to any of them.)
-    return SkipCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=True)).remote()
+    # Pinned (not soft): a soft affinity was seen to land on a worker node of the node drill.
+    return SkipCounter.options(scheduling_strategy=NodeAffinitySchedulingStrategy(head_node_id(), soft=False)).remote()
 
 
 def head_node_id() -> str:
@@ -40,5 +42,13 @@ def head_node_id() -> str:
 
 
 def totals(counter) -> dict[str, int]:
-    """The counts so far; {} without a counter."""
-    return ray.get(counter.totals.remote(), timeout=30) if counter is not None else {}
+    """The counts so far; {} without a counter. A counter lost with its node costs its counts (with a
+    warning), never the run: a report that needs them must not fail a training that can go on."""
+    if counter is None:
+        return {}
+    try:
+        return ray.get(counter.totals.remote(), timeout=30)
+    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError) as exc:
+        print(f"[raylpclip] warning: the skip/retry counter is gone ({type(exc).__name__}); its counts are lost",
+              file=sys.__stdout__, flush=True)
+        return {}

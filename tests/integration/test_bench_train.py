@@ -11,7 +11,7 @@ import pytest
 
 from raylpclip.cli import main
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def test_bench_train_writes_the_summary(ray_session, tmp_path, capsys):

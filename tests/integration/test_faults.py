@@ -19,9 +19,14 @@ from pathlib import Path
 
 import pytest
 import s3fs
+import torch
+from transformers import CLIPModel
 
 from raylpclip.config import PretrainConfig, load_config
-from raylpclip.models.tokenizer import train_tokenizer
+from raylpclip.engine.checkpoint import load_state
+from raylpclip.models.clip import ClipTower
+from raylpclip.models.factory import build_tower
+from raylpclip.models.tokenizer import load_tokenizer, tokenize, train_tokenizer
 from raylpclip.runtime.faults import (PROBE_ENV, FaultProxy, ProbeRecords, checkpoint_dirs, first_try_of,
                                       kill_worker_when, persisted_steps, run_until, truncate)
 from raylpclip.runtime.pretrain import run_pretrain
@@ -173,6 +178,23 @@ def test_killed_driver_rerun_resumes_checkpoint_and_data_position(reference, syn
     assert len(records.seen()) >= STEPS * BATCH - INTERVAL
     fault_table.add(f"driver SIGKILL (after step {killed_at}), same command re-run", summary, reference["summary"],
                     records, resumed_from=20)
+    _exported_model_matches_checkpoint(summary, cfg)
+
+
+def _exported_model_matches_checkpoint(summary: dict, cfg_overrides: list[str]) -> None:
+    """The resumed run's exported Hugging Face model computes what its final checkpoint computes."""
+    cfg = load_config(PretrainConfig, None, cfg_overrides)
+    tokenizer = load_tokenizer(summary["model_dir"])
+    reference = build_tower(cfg.model, tokenizer=tokenizer)
+    reference.load_state_dict(load_state(summary["checkpoint"])["task"]["model"])
+    exported = ClipTower(CLIPModel.from_pretrained(summary["model_dir"], local_files_only=True))
+    tokens = tokenize(tokenizer, ["a small red circle", "a blue star"], context_length=cfg.data.context_length)
+    ids, mask = torch.from_numpy(tokens["input_ids"]), torch.from_numpy(tokens["attention_mask"])
+    images = torch.randn(2, 3, cfg.data.image_size, cfg.data.image_size)
+    reference.eval(), exported.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(exported.encode_text(ids, mask), reference.encode_text(ids, mask))
+        torch.testing.assert_close(exported.encode_image(images), reference.encode_image(images))
 
 
 def test_truncated_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_path, synthetic_shards, tokenizer_dir,
@@ -246,3 +268,16 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     assert records.replayed() <= INTERVAL
     fault_table.add(f"node removed (at step {result['removed_after_step']}), elastic 2 -> 1 workers", summary,
                     reference["summary"], records, resumed_from=resumed_from)
+
+
+def test_lost_counter_costs_its_counts_not_the_run(ray_session, capfd):
+    """The run's skip/retry counter lives on the head node; if it is lost anyway, a report gets no
+    counts and a warning instead of an error that would fail a training that can go on."""
+    from raylpclip.runtime import skips
+
+    counter = skips.new_counter()
+    counter.add.remote({"corrupt_image": 2})
+    assert skips.totals(counter) == {"corrupt_image": 2}
+    ray_session.kill(counter)
+    assert skips.totals(counter) == {}
+    assert "the skip/retry counter is gone (ActorDiedError)" in capfd.readouterr().out

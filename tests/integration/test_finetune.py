@@ -104,7 +104,7 @@ def test_image_size_must_match_the_model(synthetic_shards, tiny_clip_dir, tmp_pa
 
 # ------------------------------------------------------------------------------- a worker killed mid-run
 
-KILL_STEPS, KILL_EVERY = 24, 4
+KILL_STEPS, KILL_EVERY = 12, 4
 
 
 def _our_actors(*filters) -> list:
@@ -194,7 +194,7 @@ def test_killed_worker_is_replaced_and_finetuning_resumes(ray_session, synthetic
         time.sleep(0.5)
     assert len(resumed) == 1, out[-3000:]
     pid, step = int(resumed[0][0]), int(resumed[0][1])
-    assert pid in record["replacements"]
+    assert pid not in record["old"]  # a process of the replacement group (its rank 0) resumed
     assert step >= record["checkpoint_step"] >= KILL_EVERY and step % KILL_EVERY == 0 and step < KILL_STEPS
     print(f"killed worker pid {record['killed']} after checkpoint {record['checkpoint_step']}; "
           f"resumed at step {step} on pid {pid}; final step {summary['step']} loss {summary['loss']:.4f}")

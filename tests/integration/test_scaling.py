@@ -10,7 +10,7 @@ import pytest
 
 from raylpclip.runtime.scaling import load_scaling, run_scaling
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
 def _experiment(shards, out, fractions):

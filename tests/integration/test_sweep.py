@@ -14,7 +14,7 @@ from raylpclip.config import PretrainConfig, load_config
 from raylpclip.runtime.sweep import run_sweep
 from raylpclip.sweep_space import load_sweep
 
-pytestmark = pytest.mark.ray
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # A tiny trial: 1 worker, 8 steps of 16, a 1-layer CLIP. The metric is the PSD weight a_t that every
 # report carries (mean over the report's window of a linear ramp a_max * step / steps): known in advance,
