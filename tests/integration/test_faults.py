@@ -10,6 +10,7 @@ sample twice, and a resumed run may repeat only what it trained after its last c
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -100,10 +101,13 @@ def fault_table(request):
     (out / "fault_table.md").write_text(text)
     (out / "fault_table.json").write_text(json.dumps(table.rows, indent=2))
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
     if reporter is not None:
-        reporter.write_line("")
-        for line in text.splitlines():
-            reporter.write_line(line)
+        # Fixture teardown output is captured (and dropped for a passing test): print past the capture.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line("")
+            for line in text.splitlines():
+                reporter.write_line(line)
 
 
 def _run(cfg_overrides: list[str], probe: Path, monkeypatch) -> tuple[dict, ProbeRecords]:
