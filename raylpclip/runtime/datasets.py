@@ -56,13 +56,15 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
         ),
         batch_size=cfg.decode_batch_size,
         num_cpus=cfg.decode_cpus,
-        # The whole pool from the start: training consumes at full speed from its first step, and an actor
-        # added later spends its start-up (imports, tokenizer) on the CPUs the running pipeline needs.
+        # A fixed pool, whole from the start: training consumes at full speed from its first step, and an
+        # actor started later spends its start-up (imports, tokenizer) on the CPUs the running pipeline
+        # needs. Ray's autoscaling pool shrinks while training is the bottleneck (the actors idle, waiting
+        # for the output budget) and grows again a few seconds later: `bench train` saw decode actors
+        # restarting all through the run, each start costing a CPU-second or more.
         # Four batches queued per actor (Ray's default is two): on a small machine the executor shares the
         # CPUs it keeps busy and is late to hand out the next batch; at 2 CPUs, 64 px, 256-row batches, two
         # left the decode actors idle 10% of the time.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.decode_concurrency,
-                                           initial_size=cfg.decode_concurrency, max_tasks_in_flight_per_actor=4),
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency, max_tasks_in_flight_per_actor=4),
     )
 
 

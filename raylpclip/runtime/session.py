@@ -10,6 +10,7 @@ import socket
 import ray
 
 from raylpclip.config import RayConfig
+from raylpclip.runtime import idle_scheduler
 
 log = logging.getLogger(__name__)
 START_ATTEMPTS = 3
@@ -29,7 +30,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
     if address:
         with loopback_node():  # a 127.0.0.1 address stays loopback (the instance listens there only)
-            ray.init(address=address, log_to_driver=True)
+            ray.init(address=address, log_to_driver=True, runtime_env=JOB_RUNTIME_ENV)
+        idle_scheduler.install()
         return
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
@@ -45,6 +47,7 @@ def ensure_ray(cfg: RayConfig) -> None:
                     dashboard_host="127.0.0.1",
                     dashboard_port=dashboard_port(),
                     log_to_driver=True,
+                    runtime_env=JOB_RUNTIME_ENV,
                 )
             break
         except Exception as exc:
@@ -55,8 +58,13 @@ def ensure_ray(cfg: RayConfig) -> None:
             ray.shutdown()
             _stop_started_since(before)  # the failed attempt's GCS, raylet, dashboard: no one owns them now
             log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
+    idle_scheduler.install()
     quiet_ray_data()
 
+
+# Every worker process of the job (Train's streaming-split coordinator, Tune trials) patches Ray Data's
+# idle scheduling loop on start (runtime/idle_scheduler.py); a submitted job's own runtime_env merges in.
+JOB_RUNTIME_ENV = {"worker_process_setup_hook": idle_scheduler.HOOK}
 
 DEFAULT_DASHBOARD_PORT = 8265
 

@@ -1,0 +1,101 @@
+"""Stop Ray Data's scheduling loop from spinning while the trainer is the bottleneck.
+
+Ray Data's StreamingExecutor runs a loop that blocks in `ray.wait(active tasks, timeout=0.1)`. In
+the steady state of a compute-bound training run nothing blocks: the decode tasks' outputs are ready
+but the output budget is full until the trainer takes a batch, so `ray.wait` returns at once and the
+loop spins through its resource bookkeeping and metrics. `raylpclip bench train` showed the
+streaming-split coordinator burning 50-100% of a core that way on the 2-core machine, next to a
+worker whose two torch threads needed both cores: the 1-worker pipeline ran at 0.38x its compute
+limit. (Ray tracks the spin as a known cost, ray-project/ray#65060.)
+
+`install()` paces the loop: a step that took less than MIN_STEP_S is followed by a sleep up to it,
+so the loop runs at most 1/MIN_STEP_S times a second. A step does all the work that is ready (every
+finished task read, every dispatchable task sent), so pacing delays a hand-off by at most
+MIN_STEP_S, as long as Ray's own consumer poll waits (OpState.get_output_blocking). It runs in every
+Ray worker process of a raylpclip job (the `worker_process_setup_hook` that session.ensure_ray
+sets), where Train's streaming-split coordinator runs the loop, and in the driver.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.abc
+import importlib.util
+import logging
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+MIN_STEP_S = 0.05  # Ray's own ray.wait in the loop waits up to 0.1 s for tasks in flight
+_MARK = "_raylpclip_paced"
+EXECUTOR = "ray.data._internal.execution.streaming_executor"
+
+
+def install() -> bool:
+    """Pace the running Ray Data's scheduling loop; True when it is (now or already) paced."""
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    step = getattr(StreamingExecutor, "_scheduling_loop_step", None)
+    if step is None:
+        # A Ray whose executor has no such step: leave it alone (tests/unit/test_idle_scheduler.py fails
+        # on the pinned Ray, so an upgrade that drops the hook point is noticed).
+        log.debug("Ray Data's StreamingExecutor has no _scheduling_loop_step; its loop is left as is")
+        return False
+    if not getattr(step, _MARK, False):
+        StreamingExecutor._scheduling_loop_step = paced(step)
+    return True
+
+
+def paced(step, min_step_s: float = MIN_STEP_S):
+    """`step(self, topology)` that lasts at least `min_step_s` (it sleeps the rest)."""
+
+    @functools.wraps(step)
+    def wrapper(self, topology):
+        start = time.perf_counter()
+        try:
+            return step(self, topology)
+        finally:
+            left = min_step_s - (time.perf_counter() - start)
+            if left > 0:
+                time.sleep(left)
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def install_when_imported() -> None:
+    """`install()` now if Ray Data's executor is imported, else right after its first import. Importing
+    it costs a second of CPU, which the job's many processes that never run Ray Data should not pay."""
+    if EXECUTOR in sys.modules:
+        install()
+    elif not any(isinstance(f, _InstallOnImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _InstallOnImport())
+
+
+class _InstallOnImport(importlib.abc.MetaPathFinder):
+    """Finds nothing itself: hands the executor module's import to the usual finders and runs
+    `install()` once the module has executed."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != EXECUTOR:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            execute = spec.loader.exec_module
+
+            def execute_then_install(module):
+                execute(module)
+                install()
+
+            spec.loader.exec_module = execute_then_install
+        return spec
+
+
+def setup_hook() -> None:
+    """Ray's `worker_process_setup_hook` (a module path in the job's runtime_env)."""
+    install_when_imported()
+
+
+HOOK = f"{__name__}.setup_hook"

@@ -1,0 +1,89 @@
+"""runtime/idle_scheduler: Ray Data's scheduling loop paced to MIN_STEP_S a step, installed lazily."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from raylpclip.runtime import idle_scheduler
+
+
+class FakeClock:
+    """perf_counter/sleep stand-ins: a step 'takes' `step_s`, sleeps advance the clock and are recorded."""
+
+    def __init__(self):
+        self.now, self.sleeps = 100.0, []
+
+    def perf_counter(self):
+        return self.now
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        self.now += s
+
+
+def test_a_quick_step_is_padded_to_the_minimum_and_keeps_its_result(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+
+    def step(self, topology):
+        clock.now += 0.004  # the spin: a step with nothing to wait on
+        return ("continue", topology)
+
+    wrapped = idle_scheduler.paced(step, min_step_s=0.05)
+    assert wrapped(object(), "topo") == ("continue", "topo")
+    assert len(clock.sleeps) == 1 and abs(clock.sleeps[0] - 0.046) < 1e-9
+
+
+def test_a_step_that_already_waited_is_not_delayed(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+
+    def step(self, topology):
+        clock.now += 0.1  # blocked in ray.wait on tasks in flight
+        return True
+
+    assert idle_scheduler.paced(step, min_step_s=0.05)(object(), {}) is True
+    assert clock.sleeps == []
+
+
+def test_a_failing_step_still_raises(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+
+    def step(self, topology):
+        raise ValueError("operator failed")
+
+    try:
+        idle_scheduler.paced(step)(object(), {})
+    except ValueError as e:
+        assert "operator failed" in str(e)
+    else:
+        raise AssertionError("the step's error was swallowed")
+
+
+def test_install_paces_the_pinned_rays_executor_once():
+    from ray.data._internal.execution.streaming_executor import StreamingExecutor
+
+    assert idle_scheduler.install()  # fails when a Ray upgrade removes the hook point
+    first = StreamingExecutor._scheduling_loop_step
+    assert getattr(first, idle_scheduler._MARK)
+    assert idle_scheduler.install()
+    assert StreamingExecutor._scheduling_loop_step is first  # not wrapped twice
+    assert not getattr(first.__wrapped__, idle_scheduler._MARK, False)
+
+
+def test_the_setup_hook_waits_for_ray_datas_import():
+    """A worker process that never runs Ray Data does not import it; one that does gets the paced loop."""
+    code = (
+        "import sys\n"
+        "from raylpclip.runtime import idle_scheduler as m\n"
+        "m.setup_hook()\n"
+        "print(m.EXECUTOR in sys.modules)\n"
+        "import ray.data\n"
+        "from ray.data._internal.execution.streaming_executor import StreamingExecutor as S\n"
+        "print(getattr(S._scheduling_loop_step, m._MARK, False))\n"
+        "print(sum(type(f).__name__ == '_InstallOnImport' for f in sys.meta_path))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True", "0"]
