@@ -58,6 +58,10 @@ class DataConfig:
     decode_batch_size: int = 256  # rows per Ray Data map_batches call
     decode_concurrency: int = 2  # max decode actors (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
+    # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
+    # threads then get them first and decoding fills the gaps: with data wait near 0 the decode actors have
+    # slack, but each preemption of one of torch's threads stalls every thread at its next barrier.
+    decode_nice: int = 10
     eval_max_samples: int = 2000
     fail_after_bad: int = 1000  # a decode actor that has seen this many samples and none usable stops the run
     s3: S3Config = field(default_factory=S3Config)
@@ -271,6 +275,7 @@ def _check_data(d: DataConfig, key: str) -> None:
     _require(0.0 < d.aug_scale_min <= 1.0, f"{key}.aug_scale_min", f"got {d.aug_scale_min}, expected in (0, 1]")
     _require(d.decode_batch_size > 0, f"{key}.decode_batch_size", "expected > 0")
     _require(d.decode_concurrency > 0, f"{key}.decode_concurrency", "expected > 0")
+    _require(0 <= d.decode_nice <= 19, f"{key}.decode_nice", "expected 0 to 19 (a niceness increment)")
     _require(d.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "expected >= 0")
     _require(d.fail_after_bad > 0, f"{key}.fail_after_bad", "expected > 0")
     _require(not (d.train and d.sources), f"{key}.sources", "give either data.train or data.sources, not both")

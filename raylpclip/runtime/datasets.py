@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 
 import ray
@@ -29,8 +30,10 @@ def read_shards(paths: list[str], *, fmt: str, s3: S3Config | None = None, shuff
 class CountingDecoder(BatchDecoder):
     """BatchDecoder that reports its skips to the run's SkipCounter after each batch that had any."""
 
-    def __init__(self, *, counter=None, **kwargs):
+    def __init__(self, *, counter=None, nice: int = 0, **kwargs):
         super().__init__(**kwargs)
+        if nice:
+            os.nice(nice)  # this actor's own process (data.decode_nice)
         self.counter = counter
         self.reported: Counter[str] = Counter()
 
@@ -52,7 +55,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
         fn_constructor_kwargs=dict(
             tokenizer=tokenizer, image_size=cfg.image_size, context_length=cfg.context_length,
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
-            fail_after_bad=cfg.fail_after_bad, counter=counter,
+            fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice,
         ),
         batch_size=cfg.decode_batch_size,
         num_cpus=cfg.decode_cpus,

@@ -29,7 +29,7 @@ from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.runtime import position, skips
 from raylpclip.runtime.checkpoints import choose
 from raylpclip.runtime.faults import Probe
-from raylpclip.runtime.train_streams import TrainStreams
+from raylpclip.runtime.train_streams import TrainStreams, shard_batches
 from raylpclip.runtime.worker_setup import ddp_wrap, report_checkpoint
 
 POSITION_FILE = "data_position.json"
@@ -42,13 +42,10 @@ def batch_stream(shard, *, micro_batch: int, cfg: PretrainConfig, source: str = 
     streams without data positions (the pretraining run itself uses TrainStreams, which resumes mid-epoch).
     """
     epoch = 0
-    buffer = cfg.data.shuffle_buffer or None
     while True:
         produced = 0
-        for batch in shard.iter_torch_batches(
-            batch_size=micro_batch, drop_last=True, prefetch_batches=2,
-            local_shuffle_buffer_size=buffer, local_shuffle_seed=cfg.data.shuffle_seed + epoch if buffer else None,
-        ):
+        for batch in shard_batches(shard, micro_batch=micro_batch, buffer=cfg.data.shuffle_buffer,
+                                   seed=cfg.data.shuffle_seed + epoch):
             produced += 1
             yield batch
         if produced == 0:

@@ -27,6 +27,7 @@ import ray.train
 from raylpclip import columns
 from raylpclip.config import PretrainConfig
 from raylpclip.data.mixing import mix_batches
+from raylpclip.data.shuffle import shuffled
 from raylpclip.distributed import gather_objects
 from raylpclip.runtime.position import PositionTracker, SourcePosition, files_fingerprint, merge
 from raylpclip.runtime.positioned import train_source
@@ -107,11 +108,9 @@ class TrainStreams:
     def _epoch(self, i: int, shard, micro_batch: int) -> Iterator[dict]:
         """One pass over `shard` in fixed-size batches (drop_last: the gathered loss needs equal
         shapes on every worker); returns the number of batches."""
-        buffer = self.cfg.data.shuffle_buffer or None
-        seed = self.cfg.data.shuffle_seed + self.trackers[i].epoch if buffer else None
         produced = 0
-        for batch in shard.iter_torch_batches(batch_size=micro_batch, drop_last=True, prefetch_batches=2,
-                                              local_shuffle_buffer_size=buffer, local_shuffle_seed=seed):
+        for batch in shard_batches(shard, micro_batch=micro_batch, buffer=self.cfg.data.shuffle_buffer,
+                                   seed=self.cfg.data.shuffle_seed + self.trackers[i].epoch):
             positions = batch.pop(columns.POSITION, None)
             if positions is not None:
                 # Yielded means consumed: the loop asks for a batch only to train on it right away.
@@ -129,3 +128,10 @@ class TrainStreams:
         self.positions = [merge(pos, [worker[i] for worker in news]) for i, pos in enumerate(self.positions)]
         return self.positions
 
+
+def shard_batches(shard, *, micro_batch: int, buffer: int, seed: int) -> Iterator[dict]:
+    """One pass over a Ray Data shard in tensor batches of `micro_batch` rows (drop_last: the gathered
+    loss needs equal shapes on every worker), through a `buffer`-row shuffle buffer (0: none). The
+    buffer shuffles tensors (data/shuffle.py), not Ray Data's Arrow blocks: cheaper in the worker."""
+    batches = shard.iter_torch_batches(batch_size=micro_batch, drop_last=True, prefetch_batches=2)
+    return shuffled(batches, capacity=buffer, seed=seed) if buffer else iter(batches)

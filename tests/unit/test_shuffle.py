@@ -1,0 +1,57 @@
+"""data/shuffle.shuffled: every row once, rows kept whole, seeded, actually mixed."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from raylpclip.data.shuffle import shuffled
+
+
+def stream(n_batches: int, size: int):
+    """Batches whose rows carry their index in every column (so torn rows are visible)."""
+    for i in range(n_batches):
+        ids = torch.arange(i * size, (i + 1) * size)
+        yield {"id": ids, "image": ids.view(-1, 1, 1).expand(-1, 2, 3).to(torch.uint8).clone(), "twice": 2 * ids}
+
+
+def ids_of(batches) -> list[int]:
+    return list(itertools.chain.from_iterable(b["id"].tolist() for b in batches))
+
+
+@pytest.mark.parametrize("capacity", [1, 8, 10, 64, 1000])
+def test_every_row_comes_out_once_whole_in_full_batches(capacity):
+    out = list(shuffled(stream(10, 4), capacity=capacity, seed=3))
+    assert sorted(ids_of(out)) == list(range(40))
+    for b in out:
+        assert len(b["id"]) == 4
+        assert torch.equal(b["twice"], 2 * b["id"])
+        assert torch.equal(b["image"][:, 1, 2], b["id"].to(torch.uint8))
+
+
+def test_a_stream_shorter_than_the_buffer_still_comes_out_shuffled():
+    out = list(shuffled(stream(3, 4), capacity=100, seed=0))  # never fills: drained at the end
+    assert len(out) == 3 and sorted(ids_of(out)) == list(range(12)) and ids_of(out) != list(range(12))
+
+
+def test_the_same_seed_gives_the_same_order_and_another_seed_another():
+    a = ids_of(shuffled(stream(20, 8), capacity=64, seed=7))
+    assert a == ids_of(shuffled(stream(20, 8), capacity=64, seed=7))
+    assert a != ids_of(shuffled(stream(20, 8), capacity=64, seed=8))
+
+
+def test_rows_travel_across_batches():
+    out = ids_of(shuffled(stream(50, 8), capacity=64, seed=0))
+    assert out != list(range(400))
+    # The first batch out is drawn from the whole filled buffer (64 rows = 8 batches), not batch 0.
+    first = out[:8]
+    assert max(first) >= 8
+    # A buffer of 64 delays a row by at most the stream's length, and mixes it by ~64 places on average.
+    displacement = sum(abs(pos - row) for pos, row in enumerate(out)) / len(out)
+    assert 16 < displacement < 200
+
+
+def test_empty_stream_yields_nothing():
+    assert list(shuffled(iter([]), capacity=16, seed=0)) == []
