@@ -56,7 +56,7 @@ class DataConfig:
     shuffle_seed: int = 0
     shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer; 0 disables
     decode_batch_size: int = 256  # rows per Ray Data map_batches call
-    decode_concurrency: int = 2  # max decode actors (each holds a tokenizer)
+    decode_concurrency: int = 2  # decode actors, a fixed pool (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
     # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
     # threads then get them first and decoding fills the gaps: with data wait near 0 the decode actors have
