@@ -8,10 +8,10 @@ streaming-split coordinator burning 50-100% of a core that way on the 2-core mac
 worker whose two torch threads needed both cores: the 1-worker pipeline ran at 0.38x its compute
 limit. (Ray tracks the spin as a known cost, ray-project/ray#65060.)
 
-`install()` paces the loop: a step that took less than MIN_STEP_S is followed by a sleep up to it,
-so the loop runs at most 1/MIN_STEP_S times a second. A step does all the work that is ready (every
-finished task read, every dispatchable task sent), so pacing delays a hand-off by at most
-MIN_STEP_S, as long as Ray's own consumer poll waits (OpState.get_output_blocking). It runs in every
+`install()` paces the loop: a step that moved nothing (the operators' progress counters are unchanged)
+and took less than MIN_STEP_S is followed by a sleep up to it, so an idle loop runs at most
+1/MIN_STEP_S times a second. Steps that move data are never delayed; when the trainer takes a batch,
+the loop notices within MIN_STEP_S (Ray's own `ray.wait` in the loop waits up to 0.1 s). It runs in every
 Ray worker process of a raylpclip job (the `worker_process_setup_hook` that session.ensure_ray
 sets), where Train's streaming-split coordinator runs the loop, and in the driver.
 """
@@ -27,7 +27,7 @@ import time
 
 log = logging.getLogger(__name__)
 
-MIN_STEP_S = 0.05  # Ray's own ray.wait in the loop waits up to 0.1 s for tasks in flight
+MIN_STEP_S = 0.05
 _MARK = "_raylpclip_paced"
 EXECUTOR = "ray.data._internal.execution.streaming_executor"
 
@@ -48,20 +48,31 @@ def install() -> bool:
 
 
 def paced(step, min_step_s: float = MIN_STEP_S):
-    """`step(self, topology)` that lasts at least `min_step_s` (it sleeps the rest)."""
+    """`step(self, topology)` that, when it changed nothing (no input taken, task sent or finished, output
+    made or handed on), lasts at least `min_step_s` (it sleeps the rest). Steps that moved data are not
+    delayed, so a data-bound pipeline runs as fast as before."""
 
     @functools.wraps(step)
     def wrapper(self, topology):
-        start = time.perf_counter()
+        start, before = time.perf_counter(), progress(topology)
         try:
             return step(self, topology)
         finally:
             left = min_step_s - (time.perf_counter() - start)
-            if left > 0:
+            if left > 0 and progress(topology) == before:
                 time.sleep(left)
 
     setattr(wrapper, _MARK, True)
     return wrapper
+
+
+PROGRESS = ("num_inputs_received", "num_tasks_submitted", "num_tasks_finished", "num_task_outputs_generated",
+            "num_outputs_taken")
+
+
+def progress(topology) -> tuple:
+    """The operators' progress counters (OpRuntimeMetrics); equal before and after an idle step."""
+    return tuple(getattr(op.metrics, name, 0) for op in topology for name in PROGRESS)
 
 
 def install_when_imported() -> None:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import pytest
 
 from raylpclip.runtime import idle_scheduler
 
@@ -22,17 +26,35 @@ class FakeClock:
         self.now += s
 
 
-def test_a_quick_step_is_padded_to_the_minimum_and_keeps_its_result(monkeypatch):
+def topology():
+    """Two operators with Ray Data's progress counters (OpRuntimeMetrics fields)."""
+    return [SimpleNamespace(metrics=SimpleNamespace(**{name: 3 for name in idle_scheduler.PROGRESS})) for _ in range(2)]
+
+
+def test_an_idle_quick_step_is_padded_to_the_minimum_and_keeps_its_result(monkeypatch):
     clock = FakeClock()
     monkeypatch.setattr(idle_scheduler, "time", clock)
 
     def step(self, topology):
-        clock.now += 0.004  # the spin: a step with nothing to wait on
-        return ("continue", topology)
+        clock.now += 0.004  # the spin: outputs ready but the budget full, nothing moves
+        return "continue"
 
     wrapped = idle_scheduler.paced(step, min_step_s=0.05)
-    assert wrapped(object(), "topo") == ("continue", "topo")
+    assert wrapped(object(), topology()) == "continue"
     assert len(clock.sleeps) == 1 and abs(clock.sleeps[0] - 0.046) < 1e-9
+
+
+@pytest.mark.parametrize("counter", idle_scheduler.PROGRESS)
+def test_a_quick_step_that_moved_data_is_not_delayed(monkeypatch, counter):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+
+    def step(self, topology):
+        clock.now += 0.004
+        setattr(topology[1].metrics, counter, getattr(topology[1].metrics, counter) + 1)
+
+    idle_scheduler.paced(step, min_step_s=0.05)(object(), topology())
+    assert clock.sleeps == []
 
 
 def test_a_step_that_already_waited_is_not_delayed(monkeypatch):
@@ -43,7 +65,7 @@ def test_a_step_that_already_waited_is_not_delayed(monkeypatch):
         clock.now += 0.1  # blocked in ray.wait on tasks in flight
         return True
 
-    assert idle_scheduler.paced(step, min_step_s=0.05)(object(), {}) is True
+    assert idle_scheduler.paced(step, min_step_s=0.05)(object(), topology()) is True
     assert clock.sleeps == []
 
 
@@ -55,7 +77,7 @@ def test_a_failing_step_still_raises(monkeypatch):
         raise ValueError("operator failed")
 
     try:
-        idle_scheduler.paced(step)(object(), {})
+        idle_scheduler.paced(step)(object(), topology())
     except ValueError as e:
         assert "operator failed" in str(e)
     else:
@@ -71,6 +93,10 @@ def test_install_paces_the_pinned_rays_executor_once():
     assert idle_scheduler.install()
     assert StreamingExecutor._scheduling_loop_step is first  # not wrapped twice
     assert not getattr(first.__wrapped__, idle_scheduler._MARK, False)
+    # The counters it reads exist (a missing one would read 0: every step would look idle).
+    from ray.data._internal.execution.interfaces.op_runtime_metrics import OpRuntimeMetrics
+
+    assert set(idle_scheduler.PROGRESS) <= {f.name for f in dataclasses.fields(OpRuntimeMetrics)}
 
 
 def test_the_setup_hook_waits_for_ray_datas_import():
