@@ -59,9 +59,10 @@ class DataConfig:
     decode_concurrency: int = 2  # decode actors, a fixed pool (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
     # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
-    # threads then get them first and decoding fills the gaps: with data wait near 0 the decode actors have
-    # slack, but each preemption of one of torch's threads stalls every thread at its next barrier.
-    decode_nice: int = 10
+    # threads then get them first. Off by default: it made no measurable change to `bench train`, and it
+    # slowed data-bound runs (the test suite's demo run: 95 s -> 103-115 s), where niced decoders lose the
+    # cores to every other process.
+    decode_nice: int = 0
     eval_max_samples: int = 2000
     fail_after_bad: int = 1000  # a decode actor that has seen this many samples and none usable stops the run
     s3: S3Config = field(default_factory=S3Config)
