@@ -7,15 +7,11 @@ def test_worker_processes_run_ray_data_with_the_paced_loop(ray_session):
     ray = ray_session
 
     @ray.remote(num_cpus=0)
-    def paced_here() -> tuple[bool, bool]:
-        import sys
+    def paced_here() -> bool:
+        from ray.data._internal.execution.streaming_executor import StreamingExecutor
 
         from raylpclip.runtime import idle_scheduler
 
-        imported_before = idle_scheduler.EXECUTOR in sys.modules
-        from ray.data._internal.execution.streaming_executor import StreamingExecutor
+        return getattr(StreamingExecutor._scheduling_loop_step, idle_scheduler._MARK, False)
 
-        return imported_before, getattr(StreamingExecutor._scheduling_loop_step, idle_scheduler._MARK, False)
-
-    _, paced = ray.get(paced_here.remote())
-    assert paced, "the job's worker_process_setup_hook did not pace Ray Data's loop in a worker"
+    assert ray.get(paced_here.remote()), "the job's worker_process_setup_hook did not pace Ray Data's loop in a worker"
