@@ -45,10 +45,14 @@ class DemoConfig:
     pretrain: PretrainConfig = field(default_factory=_demo_pretrain)
 
 
+def split_dirs(out_dir: Path) -> tuple[Path, Path]:
+    return out_dir / "train", out_dir / "eval"
+
+
 def write_synthetic(cfg: SyntheticDataConfig, out_dir: Path) -> tuple[Path, Path]:
     """Write train and eval shards (skipped when they already exist: a re-run resumes, not regenerates)."""
     spec = SyntheticSpec(image_size=cfg.image_size, label_by=cfg.label_by)
-    train_dir, eval_dir = out_dir / "train", out_dir / "eval"
+    train_dir, eval_dir = split_dirs(out_dir)
     for split, n, seed, mismatch in ((train_dir, cfg.train_samples, cfg.seed, cfg.mismatch_fraction),
                                      (eval_dir, cfg.eval_samples, cfg.seed + 1_000_003, 0.0)):
         if any(split.glob("*_stats.json")):
@@ -67,13 +71,14 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     pre = cfg.pretrain
     data_dir = pre.run_dir / "data"
-    train_dir, eval_dir = write_synthetic(cfg.synthetic, data_dir)
+    train_dir, eval_dir = split_dirs(data_dir)
     pre.data.train, pre.data.eval = str(train_dir), str(eval_dir)
     pre.data.format = "webdataset"
     pre.data.image_size = cfg.synthetic.image_size
     spec = SyntheticSpec(image_size=cfg.synthetic.image_size, label_by=cfg.synthetic.label_by)
     pre.eval.classnames = class_names(spec)
-    validate(pre)
+    validate(pre)  # before generating data: a bad value fails in a second, not after the data is written
+    write_synthetic(cfg.synthetic, data_dir)
     summary = run_pretrain(pre)
     summary["data_dir"] = str(data_dir.resolve())
     write_summary(pre.run_dir, summary)

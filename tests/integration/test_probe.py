@@ -10,8 +10,9 @@ import dataclasses
 import functools
 import json
 import time
+from pathlib import Path
 
-import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -61,57 +62,63 @@ def test_probe_writes_classifiers_features_and_table(probe_run, tiny_clip_dir, c
         assert (cfg.run_dir / "eval" / png).stat().st_size > 0
 
 
-def test_lpclip_never_reads_labels(probe_run, tmp_path):
-    """The same features with every label replaced by a wrong one: LP-CLIP's probes are bit-identical,
-    the supervised probe is not (so the poisoned labels did reach the workers)."""
+@pytest.fixture(scope="module")
+def probe_setup(probe_run):
+    """The probe run's config, features and zero-shot weights, and the LP-CLIP settings of the runs below:
+    enough epochs that a training outlasts a worker kill (a few seconds)."""
     cfg, _ = probe_run
-    table = pq.read_table(cfg.run_dir / "features" / "train")
-    labels = table.column("label").to_numpy()
-    poisoned = table.set_column(table.column_names.index("label"), "label",
-                                __import__("pyarrow").array((labels + 1) % 36))
-    for name, t in (("true", table), ("poisoned", poisoned)):
-        (tmp_path / name).mkdir()
-        pq.write_table(t, tmp_path / name / "part.parquet")
     tower, tokenizer = load_encoder(cfg.model)
     weights = zeroshot_head(tower, tokenizer, load_classifier(cfg.run_dir / "classifiers" / "zeroshot").classnames,
                             cfg.eval.templates, logit_scale=1.0).weight.detach()
-    lp = dataclasses.replace(LPCLIPConfig(**{**dataclasses.asdict(cfg.lpclip)}), logit_scale=10.0)
-    one = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, num_workers=1))
-    true = train_probes(one, tmp_path / "true", weights, lp, supervised=True)
-    bad = train_probes(one, tmp_path / "poisoned", weights, lp, supervised=True)
+    lp = dataclasses.replace(LPCLIPConfig(**dataclasses.asdict(cfg.lpclip)), logit_scale=10.0, epochs=300)
+    return cfg, cfg.run_dir / "features" / "train", weights, lp
+
+
+def _train(setup, tmp_path: Path, name: str, features: Path | None = None):
+    """train_probes on 1 worker (the rows a worker gets then do not depend on how Ray Data splits them),
+    with the worker's pid marker in tmp_path/<name>, written once its features are loaded."""
+    cfg, default_features, weights, lp = setup
+    marked = functools.partial(probe_worker, fault_probe=str(tmp_path / name))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(probe_module, "probe_worker", marked)
+        one = dataclasses.replace(cfg, output_dir=str(tmp_path), name=name,
+                                  train=dataclasses.replace(cfg.train, num_workers=1, max_failures=1))
+        start = time.time()
+        heads = train_probes(one, features or default_features, weights, lp, supervised=True)
+    return heads, ProbeRecords.read(tmp_path / name).workers, start, time.time()
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(probe_setup, tmp_path_factory):
+    """The probes trained on the true features without a fault: the reference of both tests below."""
+    return _train(probe_setup, tmp_path_factory.mktemp("uninterrupted"), "uninterrupted")
+
+
+def test_lpclip_never_reads_labels(probe_setup, uninterrupted, tmp_path):
+    """The same features with every label replaced by a wrong one: LP-CLIP's probes are bit-identical,
+    the supervised probe is not (so the poisoned labels did reach the workers)."""
+    _, features, _, _ = probe_setup
+    table = pq.read_table(features)
+    labels = table.column("label").to_numpy()
+    poisoned = table.set_column(table.column_names.index("label"), "label", pa.array((labels + 1) % 36))
+    (tmp_path / "poisoned-features").mkdir()
+    pq.write_table(poisoned, tmp_path / "poisoned-features" / "part.parquet")
+    true = uninterrupted[0]
+    bad = _train(probe_setup, tmp_path, "poisoned", tmp_path / "poisoned-features")[0]
     for name in ("lpclip-r1", "lpclip-r2"):
         assert torch.equal(true[name].weight, bad[name].weight) and torch.equal(true[name].bias, bad[name].bias)
     assert not torch.equal(true["supervised"].weight, bad["supervised"].weight)
 
 
-def test_killed_probe_worker_restarts_and_trains_identical_heads(probe_run, tmp_path, monkeypatch):
+def test_killed_probe_worker_restarts_and_trains_identical_heads(probe_setup, uninterrupted, tmp_path):
     """The probe training keeps no mid-run checkpoint: a SIGKILLed worker makes Ray Train (max_failures=1)
     start it over on the persisted features. Rows sorted by image_id and a seeded order make the retry
     train exactly what an uninterrupted run trains: bit-identical heads."""
-    cfg, _ = probe_run
-    features = cfg.run_dir / "features" / "train"
-    tower, tokenizer = load_encoder(cfg.model)
-    weights = zeroshot_head(tower, tokenizer, load_classifier(cfg.run_dir / "classifiers" / "zeroshot").classnames,
-                            cfg.eval.templates, logit_scale=1.0).weight.detach()
-    # Enough epochs that training outlasts the kill (a few seconds); 1 worker, so the rows a worker
-    # gets do not depend on how Ray Data splits them.
-    lp = dataclasses.replace(LPCLIPConfig(**dataclasses.asdict(cfg.lpclip)), logit_scale=10.0, epochs=300)
-
-    def run(name: str):
-        """train_probes with the worker's pid marker in tmp_path/<name>, written once its features are loaded."""
-        marked = functools.partial(probe_worker, fault_probe=str(tmp_path / name))
-        monkeypatch.setattr(probe_module, "probe_worker", marked)
-        one = dataclasses.replace(cfg, output_dir=str(tmp_path), name=name,
-                                  train=dataclasses.replace(cfg.train, num_workers=1, max_failures=1))
-        start = time.time()
-        heads = train_probes(one, features, weights, lp, supervised=True)
-        return heads, ProbeRecords.read(tmp_path / name).workers, start, time.time()
-
-    reference, ref_workers, ref_start, ref_end = run("uninterrupted")
+    reference, ref_workers, ref_start, ref_end = uninterrupted
     assert len(ref_workers) == 1  # no restart without a fault
 
     killer = kill_worker_when(tmp_path / "killed", rank=0, when=lambda: True, timeout=300)
-    heads, workers, start, end = run("killed")
+    heads, workers, start, end = _train(probe_setup, tmp_path, "killed")
     killer.join(timeout=5)
     pids = [w["pid"] for w in workers]
     # The first worker was killed once its features were in memory; a second process started over.

@@ -14,9 +14,10 @@ def test_unknown_key_exits_2_naming_it():
     assert "psd.a_maxx" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_impossible_value_exits_2_naming_it():
-    out = _run("demo", "pretrain.psd.a_max=2")
+def test_impossible_value_exits_2_naming_it(tmp_path):
+    out = _run("demo", "pretrain.psd.a_max=2", f"pretrain.output_dir={tmp_path}")
     assert out.returncode == 2 and "'psd.a_max'" in out.stderr
+    assert not any(tmp_path.iterdir())  # refused before the demo's data was generated
 
 
 def test_missing_shards_give_one_line_naming_the_path(tmp_path):
