@@ -83,7 +83,7 @@ class IngestBenchConfig:
     cpus: int = 0  # CPUs every route gets (DataLoader workers, decode-limit multiplier); 0: all usable cores
     batch_size: int = 128  # one Train worker's batch
     warmup_batches: int = 4  # per route, not timed; timing starts when the last of them arrives
-    rounds: int = 1  # each route this many times, interleaved; the best of each counts
+    rounds: int = 2  # each route this many times, interleaved; the best of each counts (one round varies by ~10%)
     reference_samples: int = 4000  # samples (the first, in shard order) the in-memory plain loops decode
     tokenizer: str = ""  # local tokenizer directory; empty: a BPE trained on the shards' captions
     vocab_size: int = 1024

@@ -32,6 +32,10 @@ class CountingDecoder(BatchDecoder):
 
     def __init__(self, *, counter=None, nice: int = 0, **kwargs):
         super().__init__(**kwargs)
+        # The actor reserves `data.decode_cpus` (1) CPUs, but a HF fast tokenizer batch-encodes on a thread
+        # per core of the machine: at 2 cores that took the second core for ~half of each tokenize call,
+        # away from the trainer. Read at each call, so setting it here is in time; a user's value wins.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if nice:
             os.nice(nice)  # this actor's own process (data.decode_nice)
         self.counter = counter
@@ -49,7 +53,7 @@ class CountingDecoder(BatchDecoder):
 
 def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: bool = False,
             counter=None) -> Dataset:
-    """Decode/augment/tokenize in an autoscaling pool of CPU actors (one tokenizer per actor)."""
+    """Decode/augment/tokenize in a fixed pool of `data.decode_concurrency` CPU actors (one tokenizer each)."""
     return ds.map_batches(
         CountingDecoder,
         fn_constructor_kwargs=dict(

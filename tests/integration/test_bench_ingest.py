@@ -16,7 +16,8 @@ pytestmark = pytest.mark.ray
 def test_bench_ingest_writes_the_summary(ray_session, tmp_path, capsys):
     code = main(["bench", "ingest", f"output_dir={tmp_path}", "synthetic.samples=384", "synthetic.samples_per_shard=96",
                  "synthetic.image_size=32", "data.image_size=32", "batch_size=32", "warmup_batches=2",
-                 "data.shuffle_buffer=64", "data.decode_batch_size=64", "reference_samples=200", "vocab_size=300"])
+                 "data.shuffle_buffer=64", "data.decode_batch_size=64", "reference_samples=200", "vocab_size=300",
+                 "rounds=1"])
     out = capsys.readouterr().out
     assert code == 0
     path = Path(out.strip().splitlines()[-1])

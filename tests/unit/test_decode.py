@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -104,3 +105,16 @@ def test_one_good_sample_keeps_the_run_going(samples, tokenizer):
     for _ in range(3):
         assert decoder(batch)[columns.IMAGE].shape[0] == 1
     assert decoder.skipped == {"bad_image": 15}
+
+
+def test_decode_actors_tokenize_on_their_own_cpu_unless_the_user_says_otherwise(tokenizer, monkeypatch):
+    """A decode actor reserves one CPU; a fast tokenizer would batch-encode on every core of the machine."""
+    from raylpclip.runtime.datasets import CountingDecoder
+
+    kw = dict(tokenizer=tokenizer, image_size=16, context_length=12, train=False)
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    CountingDecoder(**kw)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    CountingDecoder(**kw)
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
