@@ -118,10 +118,22 @@ def pretrain_part(cfg: TrainBenchConfig) -> PretrainConfig:
 
 
 def needed_samples(cfg: TrainBenchConfig) -> int:
-    """Rows one pipeline run consumes, plus the shuffle buffer and a margin: with this many the timed
-    steps never cross an epoch end (where the pipeline restarts and the wait would be the data set's
-    smallness, not the pipeline's)."""
-    return (run_steps(cfg.bench) + 4) * cfg.train.batch_size + cfg.data.shuffle_buffer
+    """Rows one pipeline run consumes, plus the shuffle buffer, the pipeline's look-ahead and a margin.
+    With this many the timed steps never cross an epoch end (where the pipeline restarts and the wait
+    would be the data set's smallness, not the pipeline's), and the decode actors still have rows to
+    decode at the last timed step, as in a long run: a data set that the look-ahead reaches the end of
+    is decoded whole early, and the later steps are timed without decoding beside them."""
+    consumed = (run_steps(cfg.bench) + 4) * cfg.train.batch_size + cfg.data.shuffle_buffer
+    return consumed + lookahead_samples(cfg)
+
+
+def lookahead_samples(cfg: TrainBenchConfig) -> int:
+    """Rows Ray Data may hold decoded or being decoded ahead of the trainer: the object-store budget
+    (`bench.data_buffer_batches`) and the decode actors' queued batches."""
+    from raylpclip.runtime.datasets import DECODE_TASKS_PER_ACTOR
+
+    queued = cfg.data.decode_concurrency * DECODE_TASKS_PER_ACTOR * cfg.data.decode_batch_size
+    return cfg.bench.data_buffer_batches * cfg.train.batch_size + queued
 
 
 def synthetic_shards(cfg: TrainBenchConfig) -> str:

@@ -51,6 +51,9 @@ class CountingDecoder(BatchDecoder):
                 self.reported = self.skipped.copy()
 
 
+DECODE_TASKS_PER_ACTOR = 4  # batches queued on each decode actor (see `decoded`)
+
+
 def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: bool = False,
             counter=None) -> Dataset:
     """Decode/augment/tokenize in a fixed pool of `data.decode_concurrency` CPU actors (one tokenizer each)."""
@@ -71,7 +74,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
         # Four batches queued per actor (Ray's default is two): on a small machine the executor shares the
         # CPUs it keeps busy and is late to hand out the next batch; at 2 CPUs, 64 px, 256-row batches, two
         # left the decode actors idle 10% of the time.
-        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency, max_tasks_in_flight_per_actor=4),
+        compute=ray.data.ActorPoolStrategy(size=cfg.decode_concurrency, max_tasks_in_flight_per_actor=DECODE_TASKS_PER_ACTOR),
     )
 
 
