@@ -112,7 +112,8 @@ def test_decode_actors_tokenize_on_their_own_cpu_unless_the_user_says_otherwise(
     from raylpclip.runtime.datasets import CountingDecoder
 
     kw = dict(tokenizer=tokenizer, image_size=16, context_length=12, train=False)
-    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "")  # records this process's value, put back after the test
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM")
     CountingDecoder(**kw)
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
