@@ -36,7 +36,7 @@ from raylpclip.data.decode import (
 )
 from raylpclip.data.transforms import decode_image, eval_transform, strong_transform, train_transform
 from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from raylpclip.models.tokenizer import tokenize
+from raylpclip.models.tokenizer import tokenize, tokenize_on_one_thread
 
 CLEAN, WEAK, STRONG = "clean", "weak", "strong"
 IMAGE_PREFIX = "view_"  # not "image_": columns.IMAGE_ID is "image_id"
@@ -99,6 +99,8 @@ class ViewDecoder:
         self.image_size = image_size
         self.seed = seed
         self.tokenizer = tokenizer
+        if tokenizer is not None:
+            tokenize_on_one_thread()  # runs as a decode actor reserving `data.decode_cpus` CPUs
         self.context_length = context_length
         self.fail_after_bad = fail_after_bad
         self.counter = counter

@@ -105,6 +105,14 @@ def clip_tokenizer_from_bpe(bpe_path: str, out_dir: str) -> CLIPTokenizer:
     return tokenizer
 
 
+def tokenize_on_one_thread() -> None:
+    """For a process that reserves one CPU, such as a Ray Data decode actor: HF fast tokenizers batch-encode
+    on a thread per core of the machine (at 2 cores ~1.5 cores busy per call, the second one taken from
+    the trainer). The variable is read at each call, so setting it at actor start is in time; a value
+    the user set wins."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
 def tokenize(tokenizer, texts: Sequence[str], *, context_length: int) -> dict[str, np.ndarray]:
     """Texts -> {"input_ids", "attention_mask"}: int64 (B, context_length), right-padded.
 

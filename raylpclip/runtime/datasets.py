@@ -12,6 +12,7 @@ from raylpclip.config import DataConfig, S3Config, SourceConfig
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.shards import resolve_shards
 from raylpclip.data.storage import arrow_filesystem
+from raylpclip.models.tokenizer import tokenize_on_one_thread
 from raylpclip.runtime.webdataset import TolerantWebDatasetDatasource
 
 
@@ -32,10 +33,7 @@ class CountingDecoder(BatchDecoder):
 
     def __init__(self, *, counter=None, nice: int = 0, **kwargs):
         super().__init__(**kwargs)
-        # The actor reserves `data.decode_cpus` (1) CPUs, but a HF fast tokenizer batch-encodes on a thread
-        # per core of the machine: at 2 cores that took the second core for ~half of each tokenize call,
-        # away from the trainer. Read at each call, so setting it here is in time; a user's value wins.
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        tokenize_on_one_thread()  # the actor reserves `data.decode_cpus` CPUs, not the machine
         if nice:
             os.nice(nice)  # this actor's own process (data.decode_nice)
         self.counter = counter

@@ -107,15 +107,21 @@ def test_one_good_sample_keeps_the_run_going(samples, tokenizer):
     assert decoder.skipped == {"bad_image": 15}
 
 
-def test_decode_actors_tokenize_on_their_own_cpu_unless_the_user_says_otherwise(tokenizer, monkeypatch):
+@pytest.mark.parametrize("actor", ["training batches", "probe and eval views"])
+def test_decode_actors_tokenize_on_their_own_cpu_unless_the_user_says_otherwise(tokenizer, monkeypatch, actor):
     """A decode actor reserves one CPU; a fast tokenizer would batch-encode on every core of the machine."""
+    from raylpclip.data.views import ViewDecoder
     from raylpclip.runtime.datasets import CountingDecoder
 
-    kw = dict(tokenizer=tokenizer, image_size=16, context_length=12, train=False)
+    def make():
+        if actor == "training batches":
+            return CountingDecoder(tokenizer=tokenizer, image_size=16, context_length=12, train=False)
+        return ViewDecoder(views=["clean"], image_size=16, tokenizer=tokenizer, context_length=12)
+
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "")  # records this process's value, put back after the test
     monkeypatch.delenv("TOKENIZERS_PARALLELISM")
-    CountingDecoder(**kw)
+    make()
     assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
-    CountingDecoder(**kw)
+    make()
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
