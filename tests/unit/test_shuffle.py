@@ -55,3 +55,50 @@ def test_rows_travel_across_batches():
 
 def test_empty_stream_yields_nothing():
     assert list(shuffled(iter([]), capacity=16, seed=0)) == []
+
+
+def reference_order(batches: list[dict], *, capacity: int, seed: int) -> list[dict]:
+    """The buffer's algorithm with plain advanced indexing (element by element): the order to match."""
+    gen, size = torch.Generator().manual_seed(seed), len(next(iter(batches[0].values())))
+    fill = -(-max(capacity, size) // size)
+    buffer = {k: torch.cat([b[k] for b in batches[:fill]]) for k in batches[0]}
+    out = []
+    for batch in batches[fill:]:
+        slots = torch.randperm(len(buffer["id"]), generator=gen)[:size]
+        out.append({k: v[slots] for k, v in buffer.items()})
+        for k, v in buffer.items():
+            v[slots] = batch[k]
+    order = torch.randperm(len(buffer["id"]), generator=gen)
+    out += [{k: v[order[s:s + size]] for k, v in buffer.items()} for s in range(0, len(order) - size + 1, size)]
+    return out
+
+
+def typed_stream(n_batches: int, size: int, *, offset: bool = False):
+    """Columns of every row width the word copies handle: 8-byte multiples (int64 words), 4, 2 and odd
+    byte counts, bool, float16; with `offset`, each tensor a view one element into a bigger storage."""
+    gen = torch.Generator().manual_seed(1)
+    for i in range(n_batches):
+        cols = {"id": torch.arange(i * size, (i + 1) * size),
+                "image": torch.randint(0, 255, (size, 3, 8, 8), generator=gen).to(torch.uint8),
+                "odd": torch.randint(0, 255, (size, 3, 5, 5), generator=gen).to(torch.uint8),
+                "pair": torch.randint(0, 255, (size, 2), generator=gen).to(torch.uint8),
+                "words": torch.randint(0, 9, (size, 3), generator=gen).to(torch.int32),
+                "half": torch.randn(size, 7, generator=gen).to(torch.float16),
+                "flag": torch.rand(size, generator=gen) > 0.5}
+        if offset:
+            cols = {k: torch.cat([v.reshape(-1)[:1], v.reshape(-1)])[1:].view(v.shape) for k, v in cols.items()}
+        yield cols
+
+
+@pytest.mark.parametrize("offset", [False, True])
+def test_word_copies_give_exactly_the_element_by_element_result(offset):
+    batches = list(typed_stream(12, 4, offset=offset))
+    if offset:
+        assert batches[0]["image"].storage_offset() == 1
+    got = list(shuffled(iter(batches), capacity=16, seed=5))
+    want = reference_order([{k: v.clone() for k, v in b.items()} for b in batches], capacity=16, seed=5)
+    assert len(got) == len(want) == 12
+    for g, w in zip(got, want):
+        assert g.keys() == w.keys()
+        for k in g:
+            assert g[k].dtype == w[k].dtype and g[k].shape == w[k].shape and torch.equal(g[k], w[k]), k
