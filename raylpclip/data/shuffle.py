@@ -9,8 +9,8 @@ incoming batch takes random slots of the buffer and the rows it evicts leave as 
 
 Rows move as words, not elements: torch's CPU gather/scatter kernels copy element by element, and a
 uint8 image row is 150,528 single-byte elements at 224 px. Seen as int64 words the same rows copy 5-20x
-faster (scripts aside, `bench ingest` at 224 px measured the buffer at ~240 us of CPU per sample with
-uint8 indexing, more than the rest of the worker's batch handling).
+faster. At 224 px the element copies cost ~240 us of CPU per sample, most of a `bench ingest` Train
+worker's CPU; as words, ~30 us.
 """
 
 from __future__ import annotations
