@@ -69,6 +69,19 @@ def test_corrupt_image_and_missing_caption_are_skipped_and_counted(samples, toke
     assert dict(decoder.skipped) == {"bad_image": 3, "no_caption": 2}
 
 
+def test_kept_rows_hold_their_own_images_around_skipped_ones(samples, tokenizer):
+    """Images are written into the batch array as they decode; a skipped sample's row is reused."""
+    from raylpclip.data.transforms import decode_image, eval_transform
+
+    batch = _wds_batch(samples)
+    batch["jpg"][1] = b"\xff\xd8 not really a jpeg"  # decodes to nothing: row 1 goes to sample 2
+    batch["txt"][3] = b""  # decodes, then skipped for its caption: its row is overwritten by sample 4
+    out = _decoder(tokenizer, with_keys=True)(batch)
+    assert out[columns.KEY].tolist() == ["000000000", "000000002", "000000004", "000000005"]
+    want = np.stack([eval_transform(decode_image(samples[i].jpg), size=16) for i in (0, 2, 4, 5)])
+    assert np.array_equal(out[columns.IMAGE], want)
+
+
 def test_parquet_rows_with_null_image_skip(samples, tokenizer):
     batch = {
         "key": np.array(["0", "1", "2"], dtype=object),

@@ -102,3 +102,17 @@ def test_clip_preprocess_matches_golden_fixture():
     # Same PIL bicubic resize and crop: measured max abs difference 0.0. The tolerance allows only
     # float32 rounding, far below one uint8 step (1/255/std ~ 0.015).
     np.testing.assert_allclose(got, expected[0], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA"])
+def test_writing_into_a_batch_row_gives_the_returned_array(mode):
+    img = decode_image(_jpeg()).convert(mode)
+    rgb = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
+    rows = np.zeros((3, 3, 24, 24), np.uint8)
+    want = train_transform(img, size=24, rng=np.random.default_rng(4), hflip=True)
+    got = train_transform(img, size=24, rng=np.random.default_rng(4), hflip=True, out=rows[1])
+    assert got is rows[1] or np.shares_memory(got, rows)
+    assert np.array_equal(rows[1], want) and not rows[0].any() and not rows[2].any()
+    assert np.array_equal(eval_transform(img, size=24, out=rows[2]), eval_transform(img, size=24))
+    full = eval_transform(img, size=50)  # short side 50 already: a centre crop of the RGB pixels
+    assert want.shape == (3, 24, 24) and np.array_equal(full, rgb[:, :, 15:65])
