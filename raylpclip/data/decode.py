@@ -135,7 +135,7 @@ class BatchDecoder:
         n = len(batch[image_col])
         keys = _keys(batch, n)
         # Each image is written straight into its row of the batch's array (a skipped one's row is
-        # reused): at 224 px, ~120 us a sample less than stacking separate arrays.
+        # reused): at 224 px, ~120 us a sample less than stacking separate arrays (transforms._to_chw).
         images = np.empty((n, 3, self.image_size, self.image_size), np.uint8)
         texts, labels, image_ids, kept, kept_rows = [], [], [], [], []
         for i in range(n):
