@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raylpclip.models.tokenizer import clip_tokenizer_from_bpe, load_tokenizer, tokenize, train_tokenizer
+from raylpclip.models.tokenizer import _encode, clip_tokenizer_from_bpe, load_tokenizer, tokenize, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CLIP_BPE = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
@@ -68,6 +68,26 @@ def test_tokenize_pads_and_keeps_eos_under_truncation(trained):
     assert ids[1, 0] == tok.bos_token_id and ids[1, -1] == tok.eos_token_id and mask[1].all()
 
 
+# Short, empty, messy whitespace and case, accents, an emoji, and one long enough to be truncated.
+ODD_TEXTS = ["a cat", "", "  Two   CATS and a dog!! ", "une caf\u00e9 na\u00efve \u00fcber", "a cat \U0001F431 asleep",
+             " ".join(["a dog running on the beach"] * 10)]
+
+
+def _backend_left_dirty(tok) -> None:
+    """A call that leaves padding on and another truncation length on the Rust backend."""
+    tok(["x"], padding="max_length", max_length=40, truncation=True)
+    assert tok.backend_tokenizer.padding is not None
+
+
+@pytest.mark.parametrize("length", [4, 12, 77])
+def test_encode_gives_the_ids_of_the_tokenizers_own_call(trained, length):
+    tok, _ = trained
+    _backend_left_dirty(tok)
+    got = _encode(tok, ODD_TEXTS, length)
+    assert got == tok(ODD_TEXTS, truncation=True, max_length=length)["input_ids"]
+    assert max(map(len, got)) == length  # the long text was truncated
+
+
 class _DropsEos:
     """A tokenizer whose truncation cuts the EOS off (as plain `ids[:max_length]` would)."""
 
@@ -98,3 +118,6 @@ def test_clip_tokenizer_from_bpe_known_answer(tmp_path):
     assert out["input_ids"][0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     assert out["attention_mask"][0].sum() == 7
     assert out["input_ids"][1, -1] == 49407 and out["attention_mask"][1].all()
+    _backend_left_dirty(reloaded)
+    for length in (8, 77):
+        assert _encode(reloaded, ODD_TEXTS, length) == reloaded(ODD_TEXTS, truncation=True, max_length=length)["input_ids"]
