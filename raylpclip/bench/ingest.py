@@ -366,7 +366,7 @@ def batch_decoder_limit(rows: Sequence[dict[str, Any]], data: DataConfig, tokeni
     a decode actor (decode, augment, tokenize, batch) and none of the reading or moving. The first
     batch is not timed."""
     decoder = BatchDecoder(**decoder_kwargs(data, tokenizer))
-    size = min(data.decode_batch_size, max(1, len(rows) // 2))  # a tiny shard set still gives a timed batch
+    size = min(data.decode_rows(), max(1, len(rows) // 2))  # a tiny shard set still gives a timed batch
     batches = [rows_to_batch(rows[i:i + size]) for i in range(0, len(rows), size)]
     meter = Meter(warmup=1, last=len(batches))
     for batch in batches:
@@ -564,7 +564,7 @@ def summarize(cfg: IngestBenchConfig, *, cpus: int, samples: int, files: Sequenc
         cpu_ratio_vs_dataloader=_ratio(best_rounds["dataloader"], best_rounds["ours"]),
         targets={"ratio_vs_decode_limit": TARGET_VS_DECODE_LIMIT, "ratio_vs_dataloader": TARGET_VS_DATALOADER},
         cpus=cpus, samples=samples, shards=len(files), image_size=cfg.data.image_size, batch_size=cfg.batch_size,
-        warmup_batches=cfg.warmup_batches, decode_batch_size=cfg.data.decode_batch_size,
+        warmup_batches=cfg.warmup_batches, decode_batch_size=cfg.data.decode_rows(),
         decode_concurrency=cfg.data.decode_concurrency, decode_cpus=cfg.data.decode_cpus,
         ray_num_cpus=cfg.ray.num_cpus, shuffle_buffer=cfg.data.shuffle_buffer,
     )

@@ -132,7 +132,7 @@ def lookahead_samples(cfg: TrainBenchConfig) -> int:
     (`bench.data_buffer_batches`) and the decode actors' queued batches."""
     from raylpclip.runtime.datasets import DECODE_TASKS_PER_ACTOR
 
-    queued = cfg.data.decode_concurrency * DECODE_TASKS_PER_ACTOR * cfg.data.decode_batch_size
+    queued = cfg.data.decode_concurrency * DECODE_TASKS_PER_ACTOR * cfg.data.decode_rows()
     return cfg.bench.data_buffer_batches * cfg.train.batch_size + queued
 
 

@@ -62,7 +62,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
             fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice,
         ),
-        batch_size=cfg.decode_batch_size,
+        batch_size=cfg.decode_rows(),
         num_cpus=cfg.decode_cpus,
         # A fixed pool, whole from the start: training consumes at full speed from its first step, and an
         # actor started later spends its start-up (imports, tokenizer) on the CPUs the running pipeline

@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from raylpclip.config import ConfigError, PretrainConfig, from_dict, load_config, save_config, to_dict
+from raylpclip.config import ConfigError, DataConfig, PretrainConfig, from_dict, load_config, save_config, to_dict
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -61,3 +61,13 @@ def test_shipped_recipes_validate(recipe):
 
     cls = DemoConfig if recipe == "demo.yaml" else PretrainConfig
     load_config(cls, str(REPO / "jobs" / recipe))
+
+
+@pytest.mark.parametrize("image_size, rows", [(32, 1024), (64, 1024), (96, 455), (128, 256), (224, 256)])
+def test_automatic_decode_rows_keep_a_call_near_12_mib_of_images(image_size, rows):
+    assert DataConfig(image_size=image_size).decode_rows() == rows  # 12 MiB / (3 x size^2), in [256, 1024]
+
+
+def test_a_set_decode_batch_size_is_used_as_is():
+    assert DataConfig(image_size=224, decode_batch_size=1000).decode_rows() == 1000
+    assert load_config(PretrainConfig, overrides=["data.decode_batch_size=64"]).data.decode_rows() == 64

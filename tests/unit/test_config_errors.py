@@ -17,7 +17,7 @@ BAD_VALUES = [
     ("data.image_size=4", "data.image_size", "expected >= 8"),
     ("data.context_length=2", "data.context_length", "expected >= 4"),
     ("data.aug_scale_min=0", "data.aug_scale_min", "expected in (0, 1]"),
-    ("data.decode_batch_size=0", "data.decode_batch_size", "expected > 0"),
+    ("data.decode_batch_size=-1", "data.decode_batch_size", "expected >= 0 (0: automatic)"),
     ("data.decode_concurrency=0", "data.decode_concurrency", "expected > 0"),
     ("data.shuffle_buffer=-1", "data.shuffle_buffer", "expected >= 0"),
     ("data.fail_after_bad=0", "data.fail_after_bad", "expected > 0"),
