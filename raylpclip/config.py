@@ -73,9 +73,9 @@ class DataConfig:
     def decode_rows(self) -> int:
         """Rows per decode call: `decode_batch_size`, or for 0 about DECODE_BATCH_BYTES of decoded images
         (1024 rows at 64 px, 256 from 128 px up). Ray Data's cost per call does not shrink with the
-        call: `bench ingest` on 2 CPUs at 64 px spent 378 us of CPU per sample with 256-row calls and
-        309 us with 1024 (5,833 vs 4,941 samples/s); at 224 px, where a sample's decoding costs 7x more,
-        256 and 1024 rows were alike (1,869 vs 1,893 us), so there the smaller call, 39 MB not 154 MB, wins."""
+        call: `bench ingest` on 2 CPUs at 64 px spent 378-436 us of CPU per sample with 256-row calls and
+        292-323 us with 1024 (README, Benchmarks); at 224 px, where a sample's decoding costs 7x more,
+        256 and 1024 rows were alike (1,869 vs 1,893 us), so there the smaller call (39 MB, not 154) wins."""
         if self.decode_batch_size:
             return self.decode_batch_size
         return min(1024, max(256, DECODE_BATCH_BYTES // (3 * self.image_size ** 2)))
