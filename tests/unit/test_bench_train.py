@@ -127,10 +127,11 @@ def test_run_layout_and_data_size():
     cfg = load_config(B.TrainBenchConfig, None, ["bench.warmup_steps=3", "bench.timed_steps=10", "bench.checkpoints=2",
                                                  "train.batch_size=32", "data.shuffle_buffer=100"])
     assert B.run_steps(cfg.bench) == 3 + 10 + 4 + 1 and B.save_steps(cfg.bench) == [15, 17]
-    # consumed, shuffle buffer, then the look-ahead: 16 batches of budget and 2 actors x 4 queued batches of 256
-    assert B.needed_samples(cfg) == (18 + 4) * 32 + 100 + 16 * 32 + 2 * 4 * 256
-    bigger = load_config(B.TrainBenchConfig, None, ["data.decode_batch_size=1024", "bench.data_buffer_batches=0"])
-    assert B.lookahead_samples(bigger) == 2 * 4 * 1024
+    # consumed, shuffle buffer, then the look-ahead: 16 batches of budget and 2 actors x 4 queued batches of
+    # 1024 rows (the automatic decode call at 64 px)
+    assert B.needed_samples(cfg) == (18 + 4) * 32 + 100 + 16 * 32 + 2 * 4 * 1024
+    smaller = load_config(B.TrainBenchConfig, None, ["data.decode_batch_size=100", "bench.data_buffer_batches=0"])
+    assert B.lookahead_samples(smaller) == 2 * 4 * 100
     assert cfg.name == "bench-train" and isinstance(B.pretrain_part(cfg), PretrainConfig)
 
 
