@@ -1,4 +1,5 @@
-"""runtime/idle_scheduler: Ray Data's scheduling loop paced to MIN_STEP_S a step, installed lazily."""
+"""runtime/idle_scheduler: Ray Data's scheduling loop paced to MIN_STEP_S a step, doubling while idle up
+to MAX_STEP_S, installed lazily."""
 
 from __future__ import annotations
 
@@ -40,8 +41,44 @@ def test_an_idle_quick_step_is_padded_to_the_minimum_and_keeps_its_result(monkey
         return "continue"
 
     wrapped = idle_scheduler.paced(step, min_step_s=0.05)
-    assert wrapped(object(), topology()) == "continue"
+    assert wrapped(SimpleNamespace(), topology()) == "continue"
     assert len(clock.sleeps) == 1 and abs(clock.sleeps[0] - 0.046) < 1e-9
+
+
+def test_idle_steps_in_a_row_double_the_pause_up_to_the_maximum_and_data_resets_it(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+    moves = iter([False] * 5 + [True] + [False] * 3)
+
+    def step(self, topology):
+        clock.now += 0.004
+        if next(moves):
+            topology[0].metrics.num_outputs_taken += 1  # the trainer took a batch
+
+    wrapped = idle_scheduler.paced(step, min_step_s=0.05, max_step_s=0.2)
+    executor, ops = SimpleNamespace(), topology()
+    for _ in range(8):
+        wrapped(executor, ops)
+    # 50, 100, 200, 200, 200 ms steps; the data step is not padded; then 50 and 100 ms again.
+    assert [round(s, 6) for s in clock.sleeps] == [0.046, 0.096, 0.196, 0.196, 0.196, 0.046, 0.096]
+    # Each executor counts its own idle steps: a second one starts at the minimum.
+    wrapped(SimpleNamespace(), topology())
+    assert round(clock.sleeps[-1], 6) == 0.046
+
+
+def test_a_step_that_blocked_neither_sleeps_nor_lengthens_the_next_pause(monkeypatch):
+    clock = FakeClock()
+    monkeypatch.setattr(idle_scheduler, "time", clock)
+    durations = iter([0.004, 0.1, 0.004])  # quick idle, blocked in ray.wait for 0.1 s, quick idle
+
+    def step(self, topology):
+        clock.now += next(durations)
+
+    wrapped = idle_scheduler.paced(step, min_step_s=0.05, max_step_s=0.2)
+    executor, ops = SimpleNamespace(), topology()
+    for _ in range(3):
+        wrapped(executor, ops)
+    assert [round(s, 6) for s in clock.sleeps] == [0.046, 0.096]
 
 
 @pytest.mark.parametrize("counter", idle_scheduler.PROGRESS)
@@ -53,7 +90,7 @@ def test_a_quick_step_that_moved_data_is_not_delayed(monkeypatch, counter):
         clock.now += 0.004
         setattr(topology[1].metrics, counter, getattr(topology[1].metrics, counter) + 1)
 
-    idle_scheduler.paced(step, min_step_s=0.05)(object(), topology())
+    idle_scheduler.paced(step, min_step_s=0.05)(SimpleNamespace(), topology())
     assert clock.sleeps == []
 
 
@@ -65,7 +102,7 @@ def test_a_step_that_already_waited_is_not_delayed(monkeypatch):
         clock.now += 0.1  # blocked in ray.wait on tasks in flight
         return True
 
-    assert idle_scheduler.paced(step, min_step_s=0.05)(object(), topology()) is True
+    assert idle_scheduler.paced(step, min_step_s=0.05)(SimpleNamespace(), topology()) is True
     assert clock.sleeps == []
 
 
@@ -77,7 +114,7 @@ def test_a_failing_step_still_raises(monkeypatch):
         raise ValueError("operator failed")
 
     try:
-        idle_scheduler.paced(step)(object(), topology())
+        idle_scheduler.paced(step)(SimpleNamespace(), topology())
     except ValueError as e:
         assert "operator failed" in str(e)
     else:
