@@ -58,20 +58,28 @@ def eval_transform(img: Image.Image, *, size: int, out: np.ndarray | None = None
     return _to_chw(img.crop(_center_crop_box(new_w, new_h, size)), out)
 
 
+_BOX_TRIES = 10
+
+
 def _random_resized_box(
     width: int, height: int, *, rng: np.random.Generator, scale: tuple[float, float], ratio: tuple[float, float]
 ) -> tuple[int, int, int, int]:
-    """torchvision's RandomResizedCrop box sampling: 10 tries, then a centre crop at a clamped ratio."""
+    """torchvision's RandomResizedCrop box sampling: the first of 10 tries whose box fits, else a centre crop
+    at a clamped ratio. The uniforms of all tries and of the box's position come from one `rng` call (22
+    numbers, used or not): one call per try cost ~15 us a box at the default scale (0.9, 1.0), where most
+    tries do not fit (any aspect away from 1 needs more than the whole width or height), ~8% of decoding
+    a 64 px sample; now ~5 us. The distribution is torchvision's; the stream of draws differs from it."""
+    u = rng.random(2 * _BOX_TRIES + 2).tolist()
     area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target_area = area * rng.uniform(scale[0], scale[1])
-        aspect = math.exp(rng.uniform(log_ratio[0], log_ratio[1]))
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for i in range(_BOX_TRIES):
+        target_area = area * (scale[0] + (scale[1] - scale[0]) * u[2 * i])
+        aspect = math.exp(log_lo + (log_hi - log_lo) * u[2 * i + 1])
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
+            top = int(u[-2] * (height - h + 1))  # uniform over 0 .. height - h, as rng.integers would draw
+            left = int(u[-1] * (width - w + 1))
             return left, top, left + w, top + h
     in_ratio = width / height
     if in_ratio < min(ratio):

@@ -63,6 +63,60 @@ def test_train_transform_shape_dtype_and_determinism():
     assert not np.array_equal(a, c)
 
 
+def _torchvision_box(width, height, rng, scale, ratio):
+    """RandomResizedCrop.get_params as torchvision writes it: fresh draws per try (the reference for the
+    distribution of transforms._random_resized_box, which draws all its uniforms at once)."""
+    area = width * height
+    log_ratio = (np.log(ratio[0]), np.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = np.exp(rng.uniform(*log_ratio))
+        w, h = int(round(np.sqrt(target_area * aspect))), int(round(np.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top, left = int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1))
+            return left, top, left + w, top + h
+    return None  # the centre-crop fallback (tested on its own below)
+
+
+@pytest.mark.parametrize("scale", [(0.9, 1.0), (0.08, 1.0)])
+def test_random_resized_box_has_torchvisions_distribution(scale):
+    """Box width, height and position: the same quantiles as torchvision's sequential draws, and every box
+    inside the image with its area and aspect in range (up to the rounding to pixels)."""
+    width, height, ratio, n = 64, 48, (3 / 4, 4 / 3), 20000
+    rng = np.random.default_rng(0)
+    ours = np.array([T._random_resized_box(width, height, rng=rng, scale=scale, ratio=ratio) for _ in range(n)])
+    rng = np.random.default_rng(1)
+    ref = [_torchvision_box(width, height, rng, scale, ratio) for _ in range(n)]
+    fallback = (width - 48 * 4 // 3) // 2  # 64x48 is 4:3 already: the fallback is the whole image
+    assert fallback == 0
+    ref = np.array([box if box is not None else (0, 0, width, height) for box in ref])
+    for boxes in (ours, ref):
+        left, top, right, bottom = boxes.T
+        w, h = right - left, bottom - top
+        assert left.min() >= 0 and top.min() >= 0 and right.max() <= width and bottom.max() <= height
+        assert (w * h >= scale[0] * width * height - (w + h)).all()  # rounding each side moves the area by < w + h
+        # each side is rounded by at most half a pixel
+        assert ((w + 0.5) / (h - 0.5) >= ratio[0]).all() and ((w - 0.5) / (h + 0.5) <= ratio[1]).all()
+    features = lambda b: {"w": b[:, 2] - b[:, 0], "h": b[:, 3] - b[:, 1], "left": b[:, 0], "top": b[:, 1]}
+    for name, got in features(ours).items():
+        want = features(ref)[name]
+        q = [0.1, 0.25, 0.5, 0.75, 0.9]
+        assert np.abs(np.quantile(got, q) - np.quantile(want, q)).max() <= 1, name
+        assert abs(got.mean() - want.mean()) < 0.25, name
+    # The position covers every offset a box allows, both ends included.
+    narrow = ours[(ours[:, 2] - ours[:, 0]) == width - 2]
+    if len(narrow):
+        assert set(narrow[:, 0]) == {0, 1, 2}
+
+
+def test_random_resized_box_falls_back_to_a_centred_clamped_crop():
+    # 100 x 10 (10:1) and 10 x 100: no box of 90-100% of the area with aspect in [3/4, 4/3] fits, so the centre crop at 4:3.
+    box = T._random_resized_box(100, 10, rng=np.random.default_rng(0), scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3))
+    assert box == (43, 0, 56, 10)
+    box = T._random_resized_box(10, 100, rng=np.random.default_rng(0), scale=(0.9, 1.0), ratio=(3 / 4, 4 / 3))
+    assert box == (0, 43, 10, 56)
+
+
 def test_train_transform_full_scale_keeps_whole_image():
     # scale=(1, 1) and ratio containing the image's aspect: the crop is the whole image.
     img = decode_image(_jpeg(64, 64))
