@@ -15,8 +15,9 @@ first step that moves data resets it. Steps that move data are never delayed; wh
 batch, the loop notices within MAX_STEP_S (Ray's own `ray.wait` in the loop waits up to 0.1 s), while
 the batches already prefetched keep the trainer fed. Why the doubling: with a flat 50 ms the paced loop
 still ran ~20 steps a second at ~1.9 ms of CPU each in `bench train`'s 1-worker pipeline, 0.04 of the
-2 cores the training step needs. It runs in every Ray worker process of a raylpclip job (the `worker_process_setup_hook` that session.ensure_ray
-sets), where Train's streaming-split coordinator runs the loop, and in the driver.
+2 cores the training step needs. It runs in every Ray worker process of a raylpclip job (the
+`worker_process_setup_hook` that session.ensure_ray sets), where Train's streaming-split coordinator
+runs the loop, and in the driver.
 """
 
 from __future__ import annotations
