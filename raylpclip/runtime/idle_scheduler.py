@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 MIN_STEP_S = 0.05
 MAX_STEP_S = 0.2
 _MARK = "_raylpclip_paced"
-_IDLE_STEPS = "_raylpclip_idle_steps"  # on the executor: its idle steps in a row
+_PAUSE = "_raylpclip_pause_s"  # on the executor: how long its next quick idle step lasts
 EXECUTOR = "ray.data._internal.execution.streaming_executor"
 
 
@@ -67,11 +67,11 @@ def paced(step, min_step_s: float = MIN_STEP_S, max_step_s: float = MAX_STEP_S):
         finally:
             took = time.perf_counter() - start
             if progress(topology) != before:
-                setattr(self, _IDLE_STEPS, 0)
+                setattr(self, _PAUSE, min_step_s)
             elif took < min_step_s:  # the spin. A step that blocked in ray.wait is neither padded nor counted.
-                idle = getattr(self, _IDLE_STEPS, 0)
-                time.sleep(min(min_step_s * 2 ** idle, max_step_s) - took)
-                setattr(self, _IDLE_STEPS, min(idle + 1, 16))  # 2**16 * min_step_s: past any max_step_s
+                pause = getattr(self, _PAUSE, min_step_s)
+                time.sleep(pause - took)
+                setattr(self, _PAUSE, min(2 * pause, max_step_s))
 
     setattr(wrapper, _MARK, True)
     return wrapper
