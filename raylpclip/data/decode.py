@@ -19,7 +19,7 @@ import numpy as np
 
 from raylpclip import columns
 from raylpclip.data.transforms import decode_image, eval_transform, train_transform
-from raylpclip.models.tokenizer import tokenize
+from raylpclip.data.tokens import tokenize
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text", "caption")

@@ -36,7 +36,7 @@ from raylpclip.data.decode import (
 )
 from raylpclip.data.transforms import decode_image, eval_transform, strong_transform, train_transform
 from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from raylpclip.models.tokenizer import tokenize, tokenize_on_one_thread
+from raylpclip.data.tokens import tokenize, tokenize_on_one_thread
 
 CLEAN, WEAK, STRONG = "clean", "weak", "strong"
 IMAGE_PREFIX = "view_"  # not "image_": columns.IMAGE_ID is "image_id"

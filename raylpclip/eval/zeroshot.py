@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from raylpclip.models.clip import ClipTower
-from raylpclip.models.tokenizer import tokenize
+from raylpclip.data.tokens import tokenize
 
 
 def zeroshot_classifier(

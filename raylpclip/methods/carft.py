@@ -24,7 +24,7 @@ from raylpclip import columns
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.methods.finetune_model import ImageEncoder
 from raylpclip.models.clip import ClipTower, normalize_images
-from raylpclip.models.tokenizer import tokenize
+from raylpclip.data.tokens import tokenize
 
 
 @torch.no_grad()

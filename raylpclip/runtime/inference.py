@@ -20,6 +20,7 @@ from ray.data import Dataset
 from raylpclip import columns
 from raylpclip.config import DataConfig
 from raylpclip.data.shards import resolve_shards
+from raylpclip.data.tokens import text_encoder
 from raylpclip.data.views import IMAGE_PREFIX, ViewDecoder
 from raylpclip.engine.loop import autocast
 from raylpclip.models.classifier import load_encoder
@@ -117,7 +118,7 @@ def view_dataset(paths: str, data: DataConfig, *, views: Sequence[str], limit: i
         ds = ds.limit(limit)
     return ds.map_batches(
         ViewDecoder, fn_constructor_kwargs=dict(
-            views=list(views), image_size=data.image_size, seed=data.shuffle_seed, tokenizer=tokenizer,
+            views=list(views), image_size=data.image_size, seed=data.shuffle_seed, tokenizer=text_encoder(tokenizer),
             context_length=data.context_length, fail_after_bad=data.fail_after_bad, counter=counter),
         batch_size=batch_size, num_cpus=data.decode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.decode_concurrency,

@@ -21,7 +21,7 @@ from raylpclip.methods.finetune_config import FinetuneConfig, load_finetune_conf
 from raylpclip.methods.finetune_model import (ImageClassifier, ImageEncoder, evaluate_classifier, frozen_copy,
                                               labelled_only, set_trainable)
 from raylpclip.models.classifier import context_length, load_encoder, zeroshot_head
-from raylpclip.models.tokenizer import tokenize
+from raylpclip.data.tokens import tokenize
 from tests.conftest import TINY_CLASSES
 
 CONTEXTS = ["a photo of a {}.", "a blurry sketch of a {}.", "a {} in the dark."]

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from raylpclip.models.tokenizer import _encode, clip_tokenizer_from_bpe, load_tokenizer, tokenize, train_tokenizer
+from raylpclip.data.tokens import _encode, text_encoder, tokenize
+from raylpclip.models.tokenizer import clip_tokenizer_from_bpe, load_tokenizer, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CLIP_BPE = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
@@ -88,6 +92,45 @@ def test_encode_gives_the_ids_of_the_tokenizers_own_call(trained, length):
     assert max(map(len, got)) == length  # the long text was truncated
 
 
+@pytest.mark.parametrize("length", [4, 12, 77])
+def test_text_encoder_tokenizes_as_the_tokenizer_after_pickling(trained, length):
+    tok, _ = trained
+    encoder = pickle.loads(pickle.dumps(text_encoder(tok)))  # as a decode actor receives it
+    want = tokenize(tok, ODD_TEXTS, context_length=length)
+    got = tokenize(encoder, ODD_TEXTS, context_length=length)
+    assert got["input_ids"].tolist() == want["input_ids"].tolist()
+    assert got["attention_mask"].tolist() == want["attention_mask"].tolist()
+
+
+def test_text_encoder_is_a_copy(trained):
+    tok, _ = trained
+    encoder = text_encoder(tok)
+    tokenize(encoder, ["a cat"], context_length=4)  # sets truncation on the encoder's backend only
+    assert encoder.backend_tokenizer is not tok.backend_tokenizer
+    assert text_encoder(encoder) is encoder
+
+
+def test_text_encoder_passes_other_tokenizers_through():
+    other = _DropsEos()
+    assert text_encoder(other) is other and text_encoder(None) is None
+
+
+def test_decode_actor_modules_load_the_encoder_without_transformers(trained, tmp_path):
+    """What a decode actor imports (its class's module, then its pickled tokenizer) must not pull in
+    transformers or torch: that was ~2 s of CPU at every actor start, i.e. at every epoch."""
+    tok, _ = trained
+    blob = tmp_path / "encoder.pkl"
+    blob.write_bytes(pickle.dumps(text_encoder(tok)))
+    code = ("import pickle, sys\n"
+            "import raylpclip.runtime.datasets, raylpclip.data.views\n"
+            "from raylpclip.data.tokens import tokenize\n"
+            f"encoder = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
+            "print(tokenize(encoder, ['a cat'], context_length=8)['input_ids'][0].tolist(),"
+            " [m for m in ('torch', 'transformers') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == f"{tokenize(tok, ['a cat'], context_length=8)['input_ids'][0].tolist()} []"
+
+
 class _DropsEos:
     """A tokenizer whose truncation cuts the EOS off (as plain `ids[:max_length]` would)."""
 
@@ -121,3 +164,5 @@ def test_clip_tokenizer_from_bpe_known_answer(tmp_path):
     _backend_left_dirty(reloaded)
     for length in (8, 77):
         assert _encode(reloaded, ODD_TEXTS, length) == reloaded(ODD_TEXTS, truncation=True, max_length=length)["input_ids"]
+        want = tokenize(reloaded, ODD_TEXTS, context_length=length)["input_ids"]
+        assert tokenize(text_encoder(reloaded), ODD_TEXTS, context_length=length)["input_ids"].tolist() == want.tolist()
