@@ -32,7 +32,7 @@ class TextEncoder:
 def text_encoder(tokenizer):
     """A `TextEncoder` copy of a fast HF tokenizer for shipping to decode actors; any other tokenizer
     (a slow one has no Rust backend) is returned as it is."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _fast_backend(tokenizer)
     if backend is None or isinstance(tokenizer, TextEncoder):
         return tokenizer
     # A copy: `_encode` sets the backend's truncation, and the HF tokenizer's own calls set it back.
@@ -80,7 +80,7 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     masks, type ids) that the call returns and `tokenize` never reads: `tokenize` of 256 captions takes
     ~22% less CPU (25.0 -> 19.2 us a caption on the bench's BPE, 27.9 -> 22.1 on CLIP's), which the
     decode actors pay for every sample."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend = _fast_backend(tokenizer)
     if backend is None or not hasattr(backend, "encode_batch_fast"):
         return tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
     truncation = {"max_length": max_length, "stride": 0, "strategy": "longest_first",
@@ -90,3 +90,8 @@ def _encode(tokenizer, texts: list[str], max_length: int) -> list[list[int]]:
     if backend.padding is not None:
         backend.no_padding()
     return [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=True)]
+
+
+def _fast_backend(tokenizer) -> Tokenizer | None:
+    """The Rust `tokenizers.Tokenizer` behind a fast HF tokenizer (or a TextEncoder); None for others."""
+    return getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None

@@ -34,9 +34,9 @@ from raylpclip.data.decode import (
     describe_columns,
     source_paths,
 )
+from raylpclip.data.tokens import tokenize, tokenize_on_one_thread
 from raylpclip.data.transforms import decode_image, eval_transform, strong_transform, train_transform
 from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
-from raylpclip.data.tokens import tokenize, tokenize_on_one_thread
 
 CLEAN, WEAK, STRONG = "clean", "weak", "strong"
 IMAGE_PREFIX = "view_"  # not "image_": columns.IMAGE_ID is "image_id"

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from raylpclip.models.clip import ClipTower
 from raylpclip.data.tokens import tokenize
+from raylpclip.models.clip import ClipTower
 
 
 def zeroshot_classifier(

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raylpclip import columns
+from raylpclip.data.tokens import tokenize
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.methods.finetune_model import ImageEncoder
 from raylpclip.models.clip import ClipTower, normalize_images
-from raylpclip.data.tokens import tokenize
 
 
 @torch.no_grad()

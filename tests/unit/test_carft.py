@@ -13,6 +13,7 @@ from raylpclip import columns
 from raylpclip.cli import main
 from raylpclip.config import ConfigError, OptimConfig, TrainConfig
 from raylpclip.data.decode import DataError
+from raylpclip.data.tokens import tokenize
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES
@@ -21,7 +22,6 @@ from raylpclip.methods.finetune_config import FinetuneConfig, load_finetune_conf
 from raylpclip.methods.finetune_model import (ImageClassifier, ImageEncoder, evaluate_classifier, frozen_copy,
                                               labelled_only, set_trainable)
 from raylpclip.models.classifier import context_length, load_encoder, zeroshot_head
-from raylpclip.data.tokens import tokenize
 from tests.conftest import TINY_CLASSES
 
 CONTEXTS = ["a photo of a {}.", "a blurry sketch of a {}.", "a {} in the dark."]
