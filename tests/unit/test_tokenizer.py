@@ -115,6 +115,20 @@ def test_text_encoder_passes_other_tokenizers_through():
     assert text_encoder(other) is other and text_encoder(None) is None
 
 
+class _OldBackend:
+    """A tokenizers < 0.21 backend: no `encode_batch_fast`."""
+
+    def to_str(self) -> str:
+        raise AssertionError("a backend without encode_batch_fast must not be copied")
+
+
+def test_text_encoder_keeps_a_tokenizer_whose_backend_lacks_encode_batch_fast():
+    old = _DropsEos()
+    old.is_fast, old.backend_tokenizer = True, _OldBackend()
+    assert text_encoder(old) is old  # shipped as it is, and called as an HF tokenizer:
+    assert tokenize(old, ["one two three four five six"], context_length=4)["input_ids"].tolist() == [[0, 13, 13, 1]]
+
+
 def test_decode_actor_modules_load_the_encoder_without_transformers(trained, tmp_path):
     """What a decode actor imports (its class's module, then its pickled tokenizer) must not pull in
     transformers or torch: that was ~2 s of CPU at every actor start, i.e. at every epoch."""
