@@ -1,11 +1,16 @@
-"""A shuffle buffer over batches of tensors, in the training process, at the cost of two row copies.
+"""A shuffle buffer that turns pieces of any row count into fixed-size batches of tensors, in the
+training process, at the cost of two row copies.
 
 Ray Data's local shuffle buffer (`iter_torch_batches(local_shuffle_buffer_size=...)`) builds every
 batch by concatenating and taking rows of Arrow blocks before the conversion to tensors. In a Train
 worker that work competes with the training step for the worker's cores: `raylpclip bench train`
 measured the 1-worker pipeline at 0.87x its compute limit without the buffer and 0.75-0.80x with
-Ray's 1,024-row buffer. Here the batches arrive as tensors and the buffer swaps rows in place: each
-incoming batch takes random slots of the buffer and the rows it evicts leave as the next batch.
+Ray's 1,024-row buffer. Here the rows arrive as tensors and the buffer swaps rows in place: each
+incoming piece takes random slots of the buffer and the rows it evicts go into the next batch.
+
+The pieces need not be batches. The Train worker hands in Ray Data's blocks as they are, as zero-copy
+views of the object store (runtime/train_streams.py), so Ray never concatenates block slices into a
+batch first: at 224 px that concatenation was a third of a `bench ingest` Train worker's CPU.
 
 Rows move as words, not elements: torch's CPU gather/scatter kernels copy element by element, and a
 uint8 image row is 150,528 single-byte elements at 224 px. Seen as int64 words the same rows copy 5-20x
@@ -22,50 +27,114 @@ import torch
 Batch = dict[str, torch.Tensor]
 
 
-def shuffled(batches: Iterable[Batch], *, capacity: int, seed: int) -> Iterator[Batch]:
-    """Rows of `batches` (dicts of equal-length tensors, every batch the same size b) in random order
-    through a buffer of max(capacity, b) rows; the same seed gives the same order.
+def shuffled(pieces: Iterable[Batch], *, batch_size: int, capacity: int, seed: int) -> Iterator[Batch]:
+    """The rows of `pieces` (dicts of equal-length tensors; any length, the same columns, row shapes and
+    dtypes in every piece) in batches of `batch_size`, in random order through a buffer of
+    max(capacity, batch_size) rows; the same seed and pieces give the same batches. capacity 0: no
+    shuffling, the rows in their order.
 
-    Every row comes out once: the buffer fills from the first batches (nothing is yielded meanwhile),
-    then each batch in evicts a random batch's worth, and at the end the buffer drains in random order,
-    in batches of b (a last partial batch is dropped, as iter_torch_batches(drop_last=True) would)."""
-    gen = torch.Generator().manual_seed(seed)
-    filling: list[Batch] = []
-    buffer: Batch | None = None
-    size = 0
-    for batch in batches:
-        size = size or _rows(batch)
-        if buffer is None:
-            filling.append(batch)
-            if len(filling) * size >= capacity:
-                buffer, filling = _cat(filling), []
-            continue
-        slots = torch.randperm(_rows(buffer), generator=gen)[:size]
-        out = _take(buffer, slots)
-        for k, v in buffer.items():
-            _words(v).index_copy_(0, slots, _words(batch[k].contiguous()))
-        yield out
-    rest = buffer if buffer is not None else (_cat(filling) if filling else None)
-    if rest is None:
+    Every row comes out once: the buffer fills from the first pieces (nothing is yielded meanwhile),
+    then each incoming row evicts a random row into the batch being built, and at the end the buffer
+    drains in random order. The last partial batch is dropped, as iter_torch_batches(drop_last=True)
+    would drop it. Each batch is a fresh tensor the caller owns."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches = _Batches(batch_size)
+    if capacity == 0:
+        for piece in pieces:
+            yield from batches.add(piece, 0, _rows(piece))
         return
-    order = torch.randperm(_rows(rest), generator=gen)
-    for start in range(0, len(order) - size + 1, size):
-        yield _take(rest, order[start:start + size])
+    gen = torch.Generator().manual_seed(seed)
+    buffer = _Buffer(max(capacity, batch_size))
+    for piece in pieces:
+        start = buffer.fill(piece)
+        end = _rows(piece)
+        while start < end:
+            # A chunk of the piece no longer than what the batch being built still needs.
+            n = min(end - start, batches.missing())
+            slots = torch.randperm(buffer.capacity, generator=gen)[:n]
+            yield from batches.take(buffer.cols, slots)
+            buffer.put(slots, piece, start, start + n)
+            start += n
+    if buffer.cols is not None:
+        order = torch.randperm(buffer.size, generator=gen)
+        start = 0
+        while start < len(order):
+            n = min(len(order) - start, batches.missing())
+            yield from batches.take(buffer.cols, order[start:start + n])
+            start += n
 
 
-def _take(buffer: Batch, rows: torch.Tensor) -> Batch:
-    """Copies of the buffer's `rows`, each tensor keeping its dtype and row shape."""
-    return {k: _words(v).index_select(0, rows).view(v.dtype).view(len(rows), *v.shape[1:]) for k, v in buffer.items()}
+class _Buffer:
+    """`capacity` rows per column, allocated from the first piece and filled in arrival order."""
+
+    def __init__(self, capacity: int):
+        self.capacity, self.size = capacity, 0
+        self.cols: Batch | None = None
+
+    def fill(self, piece: Batch) -> int:
+        """Copy the piece's first rows into the free rows; returns how many rows it took."""
+        if self.size == self.capacity:
+            return 0
+        if self.cols is None:
+            self.cols = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in piece.items()}
+        n = min(self.capacity - self.size, _rows(piece))
+        for k, v in self.cols.items():
+            _words(v)[self.size:self.size + n].copy_(_words(piece[k][:n]))
+        self.size += n
+        return n
+
+    def put(self, slots: torch.Tensor, piece: Batch, start: int, end: int) -> None:
+        for k, v in self.cols.items():
+            _words(v).index_copy_(0, slots, _words(piece[k][start:end]))
+
+
+class _Batches:
+    """The batch being built: rows gathered into it until it holds `size`, then handed out."""
+
+    def __init__(self, size: int):
+        self.size, self.filled = size, 0
+        self.cols: Batch | None = None
+
+    def missing(self) -> int:
+        return self.size - self.filled
+
+    def _room(self, like: Batch, n: int) -> dict[str, torch.Tensor]:
+        """Word views of the next `n` rows of the batch (a new batch after one was handed out)."""
+        if self.cols is None:
+            self.cols = {k: torch.empty((self.size, *v.shape[1:]), dtype=v.dtype) for k, v in like.items()}
+        return {k: _words(v)[self.filled:self.filled + n] for k, v in self.cols.items()}
+
+    def _done(self, n: int) -> Iterator[Batch]:
+        self.filled += n
+        if self.filled == self.size:
+            out, self.cols, self.filled = self.cols, None, 0
+            yield out
+
+    def take(self, source: Batch, rows: torch.Tensor) -> Iterator[Batch]:
+        """Gather `source`'s `rows` into the batch (at most what it is missing); a full batch comes out."""
+        for k, dest in self._room(source, len(rows)).items():
+            torch.index_select(_words(source[k]), 0, rows, out=dest)
+        yield from self._done(len(rows))
+
+    def add(self, piece: Batch, start: int, end: int) -> Iterator[Batch]:
+        """Copy the piece's rows start..end in order, batch after batch."""
+        while start < end:
+            n = min(end - start, self.missing())
+            for k, dest in self._room(piece, n).items():
+                dest.copy_(_words(piece[k][start:start + n]))
+            start += n
+            yield from self._done(n)
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
-    """A contiguous tensor's memory as (rows, words) of the widest integer type its row bytes divide
-    into; the buffer and the batches have the same row shapes and dtypes, so their words match."""
-    flat = t.view(len(t), -1)
+    """A tensor's rows as (rows, words) of the widest integer type its row bytes divide into; the
+    buffer, the batches and the pieces have the same row shapes and dtypes, so their words match."""
+    flat = t.reshape(len(t), -1)  # a view when the rows are contiguous, else a copy (read from only)
     word = _word_dtype(flat.shape[1] * t.element_size())
     try:
         return flat.view(word)
-    except RuntimeError:  # a batch that starts at an odd offset into its storage: a fresh copy does not
+    except RuntimeError:  # rows that start at an odd offset into their storage: a fresh copy does not
         return flat.clone().view(word)
 
 
@@ -74,10 +143,6 @@ def _word_dtype(row_bytes: int) -> torch.dtype:
         if row_bytes % dtype.itemsize == 0:
             return dtype
     return torch.uint8
-
-
-def _cat(batches: list[Batch]) -> Batch:
-    return {k: torch.cat([b[k] for b in batches]) for k in batches[0]}
 
 
 def _rows(batch: Batch) -> int:

@@ -20,9 +20,14 @@ micro-batch per source and worker is skipped unseen).
 
 from __future__ import annotations
 
-from typing import Callable, Iterator
+import warnings
+from typing import Callable, Iterable, Iterator
 
+import numpy as np
+import pyarrow as pa
 import ray.train
+import torch
+from ray.data.block import BlockAccessor
 
 from raylpclip import columns
 from raylpclip.config import PretrainConfig
@@ -131,7 +136,33 @@ class TrainStreams:
 
 def shard_batches(shard, *, micro_batch: int, buffer: int, seed: int) -> Iterator[dict]:
     """One pass over a Ray Data shard in tensor batches of `micro_batch` rows (drop_last: the gathered
-    loss needs equal shapes on every worker), through a `buffer`-row shuffle buffer (0: none). The
-    buffer shuffles tensors (data/shuffle.py), not Ray Data's Arrow blocks: cheaper in the worker."""
-    batches = shard.iter_torch_batches(batch_size=micro_batch, drop_last=True, prefetch_batches=2)
-    return shuffled(batches, capacity=buffer, seed=seed) if buffer else iter(batches)
+    loss needs equal shapes on every worker), through a `buffer`-row shuffle buffer (0: none).
+
+    Ray hands over its blocks as they are (`batch_size=None`) and the shuffle buffer (data/shuffle.py)
+    cuts the batches: with `iter_torch_batches(batch_size=...)` Ray would first concatenate the block
+    slices of every batch that spans two blocks or two chunks of one, and the decode actors' blocks
+    have two chunks (a full decode call and the rest of the input bundle). That copy was a third of
+    the Train worker's CPU in `bench ingest` at 224 px, for rows the buffer copies anyway."""
+    blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
+    return shuffled(block_tensors(blocks), batch_size=micro_batch, capacity=buffer, seed=seed)
+
+
+def block_tensors(tables: Iterable) -> Iterator[dict[str, torch.Tensor]]:
+    """Each record batch of each Arrow block as tensors that share its memory (the object store's;
+    read-only, which the shuffle buffer never writes to). A record batch has one chunk per column,
+    so Ray's conversion to numpy copies nothing."""
+    for table in tables:
+        for record_batch in table.to_batches():
+            if record_batch.num_rows:
+                arrays = BlockAccessor.for_block(pa.Table.from_batches([record_batch])).to_numpy()
+                yield {name: _shared_tensor(name, array) for name, array in arrays.items()}
+
+
+def _shared_tensor(name: str, array: np.ndarray) -> torch.Tensor:
+    if array.dtype == object:
+        raise TypeError(f"training batches need numeric columns; column {name!r} holds Python objects "
+                        f"(e.g. {type(array[0]).__name__})")
+    with warnings.catch_warnings():
+        # torch warns that it cannot mark a read-only array read-only; the buffer only reads it.
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
