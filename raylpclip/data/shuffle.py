@@ -10,7 +10,8 @@ incoming piece takes random slots of the buffer and the rows it evicts go into t
 
 The pieces need not be batches. The Train worker hands in Ray Data's blocks as they are, as zero-copy
 views of the object store (runtime/train_streams.py), so Ray never concatenates block slices into a
-batch first: at 224 px that concatenation was a third of a `bench ingest` Train worker's CPU.
+batch first: at 224 px that concatenation held a third of a py-spy profile of a `bench ingest`
+Train worker.
 
 Rows move as words, not elements: torch's CPU gather/scatter kernels copy element by element, and a
 uint8 image row is 150,528 single-byte elements at 224 px. Seen as int64 words the same rows copy 5-20x

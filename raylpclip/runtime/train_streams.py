@@ -141,8 +141,8 @@ def shard_batches(shard, *, micro_batch: int, buffer: int, seed: int) -> Iterato
     Ray hands over its blocks as they are (`batch_size=None`) and the shuffle buffer (data/shuffle.py)
     cuts the batches: with `iter_torch_batches(batch_size=...)` Ray would first concatenate the block
     slices of every batch that spans two blocks or two chunks of one, and the decode actors' blocks
-    have two chunks (a full decode call and the rest of the input bundle). That copy was a third of
-    the Train worker's CPU in `bench ingest` at 224 px, for rows the buffer copies anyway."""
+    have two chunks (a full decode call and the rest of the input bundle). That copy held a third of
+    a py-spy profile of the Train worker in `bench ingest` at 224 px, for rows the buffer copies anyway."""
     blocks = shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=2)
     return shuffled(block_tensors(blocks), batch_size=micro_batch, capacity=buffer, seed=seed)
 
