@@ -43,27 +43,21 @@ def shuffled(pieces: Iterable[Batch], *, batch_size: int, capacity: int, seed: i
     batches = _Batches(batch_size)
     if capacity == 0:
         for piece in pieces:
-            yield from batches.add(piece, 0, _rows(piece))
+            yield from batches.take(piece, torch.arange(_rows(piece)))
         return
     gen = torch.Generator().manual_seed(seed)
     buffer = _Buffer(max(capacity, batch_size))
     for piece in pieces:
-        start = buffer.fill(piece)
-        end = _rows(piece)
+        start, end = buffer.fill(piece), _rows(piece)
         while start < end:
-            # A chunk of the piece no longer than what the batch being built still needs.
-            n = min(end - start, batches.missing())
+            # Up to a buffer's worth of the piece's rows evict as many distinct random rows.
+            n = min(end - start, buffer.capacity)
             slots = torch.randperm(buffer.capacity, generator=gen)[:n]
             yield from batches.take(buffer.cols, slots)
             buffer.put(slots, piece, start, start + n)
             start += n
     if buffer.cols is not None:
-        order = torch.randperm(buffer.size, generator=gen)
-        start = 0
-        while start < len(order):
-            n = min(len(order) - start, batches.missing())
-            yield from batches.take(buffer.cols, order[start:start + n])
-            start += n
+        yield from batches.take(buffer.cols, torch.randperm(buffer.size, generator=gen))
 
 
 class _Buffer:
@@ -78,7 +72,7 @@ class _Buffer:
         if self.size == self.capacity:
             return 0
         if self.cols is None:
-            self.cols = {k: torch.empty((self.capacity, *v.shape[1:]), dtype=v.dtype) for k, v in piece.items()}
+            self.cols = _empty_rows(piece, self.capacity)
         n = min(self.capacity - self.size, _rows(piece))
         for k, v in self.cols.items():
             _words(v)[self.size:self.size + n].copy_(_words(piece[k][:n]))
@@ -97,35 +91,26 @@ class _Batches:
         self.size, self.filled = size, 0
         self.cols: Batch | None = None
 
-    def missing(self) -> int:
-        return self.size - self.filled
-
-    def _room(self, like: Batch, n: int) -> dict[str, torch.Tensor]:
-        """Word views of the next `n` rows of the batch (a new batch after one was handed out)."""
-        if self.cols is None:
-            self.cols = {k: torch.empty((self.size, *v.shape[1:]), dtype=v.dtype) for k, v in like.items()}
-        return {k: _words(v)[self.filled:self.filled + n] for k, v in self.cols.items()}
-
-    def _done(self, n: int) -> Iterator[Batch]:
-        self.filled += n
-        if self.filled == self.size:
-            out, self.cols, self.filled = self.cols, None, 0
-            yield out
-
     def take(self, source: Batch, rows: torch.Tensor) -> Iterator[Batch]:
-        """Gather `source`'s `rows` into the batch (at most what it is missing); a full batch comes out."""
-        for k, dest in self._room(source, len(rows)).items():
-            torch.index_select(_words(source[k]), 0, rows, out=dest)
-        yield from self._done(len(rows))
+        """Gather `source`'s `rows`, in that order, batch after batch; each full batch comes out (a
+        partial one waits for the next call)."""
+        start = 0
+        while start < len(rows):
+            if self.cols is None:
+                self.cols = _empty_rows(source, self.size)
+            n = min(len(rows) - start, self.size - self.filled)
+            for k, v in self.cols.items():
+                torch.index_select(_words(source[k]), 0, rows[start:start + n],
+                                   out=_words(v)[self.filled:self.filled + n])
+            start, self.filled = start + n, self.filled + n
+            if self.filled == self.size:
+                out, self.cols, self.filled = self.cols, None, 0
+                yield out
 
-    def add(self, piece: Batch, start: int, end: int) -> Iterator[Batch]:
-        """Copy the piece's rows start..end in order, batch after batch."""
-        while start < end:
-            n = min(end - start, self.missing())
-            for k, dest in self._room(piece, n).items():
-                dest.copy_(_words(piece[k][start:start + n]))
-            start += n
-            yield from self._done(n)
+
+def _empty_rows(like: Batch, n: int) -> Batch:
+    """Uninitialised tensors of `n` rows with `like`'s columns, row shapes and dtypes."""
+    return {k: torch.empty((n, *v.shape[1:]), dtype=v.dtype) for k, v in like.items()}
 
 
 def _words(t: torch.Tensor) -> torch.Tensor:
