@@ -25,10 +25,10 @@ import torch
 from transformers import CLIPModel
 
 from raylpclip.config import PretrainConfig, load_config
+from raylpclip.data.tokens import tokenize
 from raylpclip.engine.checkpoint import load_state
 from raylpclip.models.clip import ClipTower
 from raylpclip.models.factory import build_tower
-from raylpclip.data.tokens import tokenize
 from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.runtime.faults import (PROBE_ENV, FaultProxy, ProbeRecords, checkpoint_dirs, first_try_of,
                                       kill_worker_when, persisted_steps, run_until, truncate)
