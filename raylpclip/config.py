@@ -61,6 +61,9 @@ class DataConfig:
     decode_batch_size: int = 0  # rows per Ray Data map_batches call; 0: auto (`decode_rows`)
     decode_concurrency: int = 2  # decode actors, a fixed pool (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
+    # The decode actors read the shards themselves (one shard per actor task) when a source has at least
+    # 2 shards per actor; false: separate Ray Data read tasks (runtime/datasets.ReadPlan says why not).
+    read_in_decoders: bool = True
     # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
     # threads then get them first. Off by default: it made no measurable change to `bench train`, and it
     # slowed data-bound runs (the test suite's demo run: 95 s -> 103-115 s), where niced decoders lose the
@@ -164,6 +167,10 @@ class RayConfig:
     num_cpus: int = 8  # logical CPUs of a local instance: more than cores so Ray Data keeps a budget
     storage_path: str = ""  # empty: <output_dir>; a shared path or s3:// URL on clusters
     dashboard: bool = True  # local instance: dashboard on 127.0.0.1 (Ray Train's state queries need it)
+    object_store_gb: float = 0.0  # local instance: object store size; 0: Ray's default (30% of memory)
+    # Local instance: take the object store's whole memory at start (Ray's RAY_preallocate_plasma_memory),
+    # rather than page by page as objects first land on it (README, "Benchmarks" says what that costs).
+    preallocate_object_store: bool = False
 
 
 @dataclass
@@ -365,6 +372,7 @@ def _check_eval(e: EvalConfig, key: str) -> None:
 
 def _check_ray(r: RayConfig, key: str) -> None:
     _require(r.num_cpus >= 1, f"{key}.num_cpus", "expected >= 1")
+    _require(r.object_store_gb >= 0, f"{key}.object_store_gb", "expected >= 0 (0: Ray's default)")
 
 
 _SECTION_CHECKS = {

@@ -2,8 +2,9 @@
 
 Routes over the same webdataset shards and the same number of CPUs, timed in one run:
 
-- ours: the training pipeline itself (`runtime.datasets.read_shards` -> `decoded`: Ray Data reads the
-  tars, an actor pool decodes, augments and tokenizes), consumed inside a real 1-worker TorchTrainer
+- ours: the training pipeline itself (`runtime.positioned.train_source`, as `raylpclip pretrain` builds
+  it: Ray Data reads the tars, an actor pool decodes, augments and tokenizes; the actors read the tars
+  themselves where `runtime.datasets.read_plan` says so), consumed inside a real 1-worker TorchTrainer
   through `ray.train.get_dataset_shard` and the trainer's own `batch_stream`.
 - decode limit: decode + resize/augment of each image in a plain loop on one core, times the CPU
   count: the issue's per-core limit. No pipeline can beat it on the same cores; the gap to it is all
@@ -260,23 +261,23 @@ def machine_busy_seconds() -> float:
     return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # guest time is already in user
 
 
-def tree_cpu_seconds(root: int) -> float:
-    """CPU seconds used so far by `root` and every process below it (DataLoader workers, a local Ray
-    instance's daemons, workers and actors)."""
+def tree_cpu(root: int) -> dict[int, float]:
+    """CPU seconds used so far by `root` and by every process below it (DataLoader workers, a local Ray
+    instance's daemons, workers and actors), by pid."""
     parents, cpu = _proc_cpu()
     children: dict[int, list[int]] = {}
     for pid, parent in parents.items():
         children.setdefault(parent, []).append(pid)
-    total, stack = 0.0, [root]
+    found, stack = {}, [root]
     while stack:
         pid = stack.pop()
-        total += cpu.get(pid, 0.0)
+        found[pid] = cpu.get(pid, 0.0)
         stack.extend(children.get(pid, ()))
-    return total
+    return found
 
 
 class TreeCpu:
-    """Samples `tree_cpu_seconds` of this process twice a second, in the background, so that the timed
+    """Samples `tree_cpu` of this process twice a second, in the background, so that the timed
     window of a route that runs in many processes can be charged the CPU it used on every core. (A
     joined cluster's processes are not below this one: not counted.) Next to what the whole machine
     used in the window, it shows how much of the machine others took. One scan of /proc costs a few
@@ -286,10 +287,15 @@ class TreeCpu:
         self.interval_s, self.samples = interval_s, []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tree-cpu", daemon=True)
+        # Each process's latest figure, kept after it exits: a process that ends inside the window (Ray
+        # Data's decode actors end with their dataset, before the Train worker has drained its buffer)
+        # would otherwise take all its CPU out of the total and make the window's difference too small.
+        self._seen: dict[int, float] = {}
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.samples.append((time.time(), tree_cpu_seconds(os.getpid())))
+            self._seen.update(tree_cpu(os.getpid()))
+            self.samples.append((time.time(), sum(self._seen.values())))
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> "TreeCpu":
@@ -491,11 +497,10 @@ def ours_rate(files: Sequence[str], *, cfg: IngestBenchConfig, tokenizer, sample
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raylpclip.runtime.datasets import decoded, read_shards
+    from raylpclip.runtime.positioned import train_source
 
     data = cfg.data
-    ds = decoded(read_shards(list(files), fmt="webdataset", s3=data.s3, shuffle_seed=data.shuffle_seed),
-                 cfg=data, tokenizer=tokenizer, train=True)
+    ds = train_source(list(files), fmt="webdataset", cfg=data, tokenizer=tokenizer)
     pretrain = PretrainConfig(data=data, train=TrainConfig(batch_size=cfg.batch_size, num_workers=1))
     trainer = TorchTrainer(
         _ours_worker,

@@ -24,7 +24,7 @@ from raylpclip import columns
 from raylpclip.config import DataConfig, S3Config
 from raylpclip.data.shards import _stats_path
 from raylpclip.data.storage import arrow_filesystem
-from raylpclip.runtime.datasets import decoded
+from raylpclip.runtime.datasets import ReadPlan, decoded, read_plan
 from raylpclip.runtime.position import RangeSet, pack, shard_of
 from raylpclip.runtime.webdataset import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
 
@@ -69,10 +69,13 @@ class PositionedParquet(_Positions, FileBasedDatasource):
     """img2dataset parquet shards, one file per read task, rows in file order, plus `path`."""
 
     _FILE_EXTENSIONS = ["parquet"]
+    _rows_per_block = ROWS_PER_BLOCK
 
-    def __init__(self, paths: list[str], *, files: list[str], skip: RangeSet | None = None, **kwargs):
+    def __init__(self, paths: list[str], *, files: list[str], skip: RangeSet | None = None,
+                 rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False, **kwargs):
         super().__init__(paths, **kwargs)
         self._init_positions(files, skip)
+        self._rows_per_block = rows_per_block  # (no read-ahead: parquet is read by random access)
 
     def get_name(self) -> str:
         return "ReadParquetShards"
@@ -82,7 +85,7 @@ class PositionedParquet(_Positions, FileBasedDatasource):
 
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
         def blocks():
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=ROWS_PER_BLOCK):
+            for batch in pq.ParquetFile(f).iter_batches(batch_size=self._rows_per_block):
                 table = pa.Table.from_batches([batch])
                 yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
 
@@ -113,25 +116,32 @@ def unconsumed_files(files: list[str], skip: RangeSet | None, filesystem: pafs.F
 
 
 def read_positioned(files: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
-                    counter=None, skip: RangeSet | None = None, filesystem: pafs.FileSystem | None = None) -> Dataset | None:
+                    counter=None, skip: RangeSet | None = None, filesystem: pafs.FileSystem | None = None,
+                    decode: DataConfig | None = None) -> tuple[Dataset, ReadPlan] | None:
     """Stream a source's shards (`files`: its whole sorted list, which fixes the ordinals), leaving
     out the positions in `skip`; None when `skip` leaves no shard. Shard order is reshuffled every
     execution when a seed is given. `filesystem`: the one the driver made (it carries the driver's S3
-    credentials to workers that may lack them); default: built here from `s3`."""
+    credentials to workers that may lack them); default: built here from `s3`. `decode`: the settings of
+    the decode actors that follow, which may read the shards themselves; the plan returned says so
+    (runtime/datasets.read_plan)."""
     filesystem = filesystem if filesystem is not None else arrow_filesystem(files, s3 or S3Config())
     paths = unconsumed_files(files, skip, filesystem)
     if not paths:
         return None
     shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
-    kwargs = dict(files=files, skip=skip, filesystem=filesystem, shuffle=shuffle)
-    if fmt == "webdataset":
-        return ray.data.read_datasource(PositionedWebDataset(paths, counter=counter, **kwargs))
-    return ray.data.read_datasource(PositionedParquet(paths, **kwargs))
+    plan = read_plan(len(paths), decode)  # the shards read: one read task each, if the actors read
+    kwargs = dict(files=files, skip=skip, filesystem=filesystem, shuffle=shuffle, **plan.datasource_args(filesystem))
+    source = PositionedWebDataset(paths, counter=counter, **kwargs) if fmt == "webdataset" else PositionedParquet(paths, **kwargs)
+    return ray.data.read_datasource(source, **plan.read_args), plan
 
 
 def train_source(files: list[str], *, fmt: str, cfg: DataConfig, tokenizer, counter=None, skip: RangeSet | None = None,
                  shuffle_seed: int | None = None, filesystem: pafs.FileSystem | None = None) -> Dataset | None:
     """One training source, decoded, rows positioned (and `skip` left out; None when nothing is left)."""
     seed = cfg.shuffle_seed if shuffle_seed is None else shuffle_seed
-    ds = read_positioned(files, fmt=fmt, s3=cfg.s3, shuffle_seed=seed, counter=counter, skip=skip, filesystem=filesystem)
-    return None if ds is None else decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter)
+    read = read_positioned(files, fmt=fmt, s3=cfg.s3, shuffle_seed=seed, counter=counter, skip=skip,
+                           filesystem=filesystem, decode=cfg)
+    if read is None:
+        return None
+    ds, plan = read
+    return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter, plan=plan)

@@ -36,7 +36,7 @@ def ensure_ray(cfg: RayConfig) -> None:
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         try:
-            with loopback_node():
+            with loopback_node(), _env(RAY_preallocate_plasma_memory="1" if cfg.preallocate_object_store else None):
                 ray.init(
                     # "local": always a new instance. Without it ray.init joins whatever instance
                     # /tmp/ray/ray_current_cluster names, which a crashed test cluster leaves behind.
@@ -48,6 +48,7 @@ def ensure_ray(cfg: RayConfig) -> None:
                     dashboard_port=dashboard_port(),
                     log_to_driver=True,
                     runtime_env=JOB_RUNTIME_ENV,
+                    object_store_memory=int(cfg.object_store_gb * 2**30) or None,
                 )
             break
         except Exception as exc:
@@ -60,6 +61,21 @@ def ensure_ray(cfg: RayConfig) -> None:
             log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
     idle_scheduler.install()
     quiet_ray_data()
+
+
+@contextlib.contextmanager
+def _env(**values: str | None):
+    """Environment variables for the processes started within (the raylet reads its settings at start)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update({name: value for name, value in values.items() if value is not None})
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 # Every worker process of the job (Train's streaming-split coordinator, Tune trials) patches Ray Data's

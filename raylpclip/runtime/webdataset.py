@@ -10,11 +10,13 @@ Members stay bytes: nothing from a shard is ever unpickled or torch.loaded. Rows
 
 from __future__ import annotations
 
+import contextlib
 from typing import Iterator
 
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
+from raylpclip.data.readahead import ReadAhead
 from raylpclip.data.tarstream import group_samples, readable_members
 
 ROWS_PER_BLOCK = 256
@@ -30,10 +32,14 @@ def to_block(rows: list[dict]) -> pa.Table:
 
 class TolerantWebDatasetDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["tar"]
+    _rows_per_block, _read_ahead = ROWS_PER_BLOCK, False
 
-    def __init__(self, paths, *, counter=None, **file_based_kwargs):
+    def __init__(self, paths, *, counter=None, rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False,
+                 **file_based_kwargs):
         super().__init__(paths, **file_based_kwargs)
         self._counter = counter
+        self._rows_per_block = rows_per_block
+        self._read_ahead = read_ahead
 
     def get_name(self) -> str:
         return "ReadWebDataset"
@@ -43,12 +49,13 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
             self._counter.add.remote({"bad_shard": 1})
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
-        rows = []
-        for sample in group_samples(readable_members(stream, path, on_damage=self._count_bad_shard)):
-            sample["__url__"] = path
-            rows.append(sample)
-            if len(rows) >= ROWS_PER_BLOCK:
+        with ReadAhead(stream) if self._read_ahead else contextlib.nullcontext(stream) as source:
+            rows = []
+            for sample in group_samples(readable_members(source, path, on_damage=self._count_bad_shard)):
+                sample["__url__"] = path
+                rows.append(sample)
+                if len(rows) >= self._rows_per_block:
+                    yield to_block(rows)
+                    rows = []
+            if rows:
                 yield to_block(rows)
-                rows = []
-        if rows:
-            yield to_block(rows)

@@ -69,16 +69,21 @@ def tokenizer(tmp_path_factory):
     return train_tokenizer(captions, vocab_size=400, out_dir=str(tmp_path_factory.mktemp("tok")))
 
 
-def _rows_and_skips(path: str, tokenizer) -> tuple[int, dict]:
+def _rows_and_skips(path: str, tokenizer, *, read_in_decoders: bool = True, fused: bool | None = None) -> tuple[int, dict]:
     counter = skips.new_counter()
-    ds = source_dataset(SourceConfig(path=path), DataConfig(image_size=32), tokenizer=tokenizer, counter=counter)
+    cfg = DataConfig(image_size=32, read_in_decoders=read_in_decoders)
+    ds = source_dataset(SourceConfig(path=path), cfg, tokenizer=tokenizer, counter=counter)
     rows = sum(len(b[columns.LABEL]) for b in ds.iter_batches(batch_size=64))
+    if fused is not None:  # the decode actors read the shards themselves: Ray Data fused the two
+        assert ("ReadReadWebDataset->MapBatches(CountingDecoder)" in ds.stats()) == fused
     time.sleep(0.5)  # the last counter.add from a decode actor is fire-and-forget
     return rows, skips.totals(counter)
 
 
-def test_bad_samples_and_shards_are_skipped_and_counted(ray_session, dirty_shards, tokenizer):
-    rows, skipped = _rows_and_skips(str(dirty_shards), tokenizer)
+@pytest.mark.parametrize("read_in_decoders", [True, False], ids=["read_by_decode_actors", "separate_read_tasks"])
+def test_bad_samples_and_shards_are_skipped_and_counted(ray_session, dirty_shards, tokenizer, read_in_decoders):
+    rows, skipped = _rows_and_skips(str(dirty_shards), tokenizer, read_in_decoders=read_in_decoders,
+                                    fused=read_in_decoders)  # 4 shards, 2 decode actors
     assert skipped == {"bad_image": 1, "no_caption": 1, "bad_shard": 2}
     # Nothing else is lost: 98 of the first shard, the 40 intact samples before the damage, the clean shard.
     assert rows == (PER_SHARD - 2) + TRUNCATE_AT + PER_SHARD

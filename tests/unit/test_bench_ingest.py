@@ -3,6 +3,10 @@ decode every sample into the same tensors the Ray pipeline's BatchDecoder makes,
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +133,16 @@ def test_config_is_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="webdataset"):
         write_shards(generate_samples(4, spec=SyntheticSpec(image_size=16), seed=0), str(tmp_path), fmt="parquet")
         I.bench_shards(load_config(I.IngestBenchConfig, None, [f"data.train={tmp_path}"]))
+
+
+def test_tree_cpu_keeps_the_cpu_of_a_process_that_ended_in_the_window():
+    """A child burns ~0.3 s of CPU and exits inside the window: its CPU stays in the tree's total."""
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
+    with I.TreeCpu(interval_s=0.05) as cpu:
+        child = subprocess.Popen([sys.executable, "-c", burn])
+        time.sleep(0.2)  # scanned while it runs
+        child.wait()
+        time.sleep(0.2)  # and after it has gone
+    totals = [total for _, total in cpu.samples]
+    assert totals == sorted(totals)  # never falls when a process goes
+    assert totals[-1] - totals[0] >= 0.2
