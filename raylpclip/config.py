@@ -62,7 +62,7 @@ class DataConfig:
     decode_concurrency: int = 2  # decode actors, a fixed pool (each holds a tokenizer)
     decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
     # The decode actors read the shards themselves (one shard per actor task) when a source has at least
-    # 2 shards per actor; false: separate Ray Data read tasks (runtime/datasets.ReadPlan says why not).
+    # 2 shards per actor; false: separate Ray Data read tasks (runtime/datasets.ReadPlan: why the actors).
     read_in_decoders: bool = True
     # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
     # threads then get them first. Off by default: it made no measurable change to `bench train`, and it

@@ -17,21 +17,6 @@ from raylpclip.data.tokens import text_encoder, tokenize_on_one_thread
 from raylpclip.runtime.webdataset import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
 
 
-def read_shards(paths: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
-                counter=None, decode: DataConfig | None = None) -> Dataset:
-    """Stream img2dataset shards. Shard order is reshuffled every epoch when a seed is given. Rows keep
-    the path of their shard (`__url__` / `path`) so that errors can name it. `decode`: the settings of
-    the `decoded` that follows, which may then read webdataset shards inside its actors (`read_plan`)."""
-    shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
-    filesystem = arrow_filesystem(paths, s3 or S3Config())
-    if fmt == "webdataset":
-        plan = read_plan(len(paths), decode)
-        return ray.data.read_datasource(TolerantWebDatasetDatasource(
-            paths, counter=counter, filesystem=filesystem, shuffle=shuffle, **plan.datasource_args(filesystem)),
-            **plan.read_args)
-    return ray.data.read_parquet(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True)
-
-
 # Shards per decode actor from which a source's shards are read inside the decode actors: each actor
 # then reads whole shards, so with fewer, some actors would idle.
 FUSED_MIN_SHARDS_PER_ACTOR = 2
@@ -72,6 +57,20 @@ def read_plan(n_shards: int, cfg: DataConfig | None) -> ReadPlan:
                     read_args=dict(override_num_blocks=n_shards, num_cpus=cfg.decode_cpus))
 
 
+def read_shards(paths: list[str], *, fmt: str, s3: S3Config | None = None, shuffle_seed: int | None = None,
+                counter=None, plan: ReadPlan = SEPARATE_READS) -> Dataset:
+    """Stream img2dataset shards. Shard order is reshuffled every epoch when a seed is given. Rows keep
+    the path of their shard (`__url__` / `path`) so that errors can name it. `plan`: where webdataset shards
+    are read (`read_plan`); parquet goes through Ray's `read_parquet`, in read tasks of its own."""
+    shuffle = FileShuffleConfig(seed=shuffle_seed, reseed_after_execution=True) if shuffle_seed is not None else None
+    filesystem = arrow_filesystem(paths, s3 or S3Config())
+    if fmt == "webdataset":
+        return ray.data.read_datasource(TolerantWebDatasetDatasource(
+            paths, counter=counter, filesystem=filesystem, shuffle=shuffle, **plan.datasource_args(filesystem)),
+            **plan.read_args)
+    return ray.data.read_parquet(paths, filesystem=filesystem, shuffle=shuffle, include_paths=True)
+
+
 class CountingDecoder(BatchDecoder):
     """BatchDecoder that reports its skips to the run's SkipCounter after each batch that had any."""
 
@@ -109,7 +108,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
             fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice,
         ),
-        batch_size=None if plan.in_decoders else cfg.decode_rows(),
+        batch_size=None if plan.in_decoders else cfg.decode_rows(),  # a batch_size stops Ray fusing a read in
         num_cpus=cfg.decode_cpus,
         # A fixed pool, whole from the start: training consumes at full speed from its first step, and an
         # actor started later spends its start-up (imports, tokenizer) on the CPUs the running pipeline
@@ -125,8 +124,8 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
 
 def source_dataset(src: SourceConfig, cfg: DataConfig, *, tokenizer, counter=None) -> Dataset:
     files, fmt = resolve_shards(src.path, src.format)
-    ds = read_shards(files, fmt=fmt, s3=cfg.s3, shuffle_seed=cfg.shuffle_seed, counter=counter, decode=cfg)
     plan = read_plan(len(files), cfg) if fmt == "webdataset" else SEPARATE_READS
+    ds = read_shards(files, fmt=fmt, s3=cfg.s3, shuffle_seed=cfg.shuffle_seed, counter=counter, plan=plan)
     return decoded(ds, cfg=cfg, tokenizer=tokenizer, train=True, counter=counter, plan=plan)
 
 

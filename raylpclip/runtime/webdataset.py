@@ -32,7 +32,6 @@ def to_block(rows: list[dict]) -> pa.Table:
 
 class TolerantWebDatasetDatasource(FileBasedDatasource):
     _FILE_EXTENSIONS = ["tar"]
-    _rows_per_block, _read_ahead = ROWS_PER_BLOCK, False
 
     def __init__(self, paths, *, counter=None, rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False,
                  **file_based_kwargs):
