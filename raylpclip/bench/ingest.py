@@ -17,11 +17,12 @@ Routes over the same webdataset shards and the same number of CPUs, timed in one
   and differ only in how rows travel.
 
 Every route discards its first `warmup_batches` batches: process, actor and Ray start-up and the
-pipeline's fill-up are never timed. It also stops timing before the last `shuffle_buffer` rows: the
-Train worker's shuffle buffer hands those out at the end without waiting for any decoding, which would
-inflate the rate. One bias stays, in ours' favour: Ray Data reads shards ahead of decoding as far as its
-memory budget allows, so on a data set this small most reading overlaps actor start-up, untimed (the
-fast tar reader makes reading ~7% of ours' CPU per sample, the most this can be worth).
+pipeline's fill-up are never timed. Timing also stops `untimed_tail` of the epoch (plus the Train
+worker's `shuffle_buffer` rows) before its end. Ray Data decodes ahead of the Train worker as far as its
+memory budget allows (measured: ~5,000 samples at 224 px, ~11,000 at 64 px), and once the decoders have
+finished the epoch those rows, and then the shuffle buffer's, arrive at memory speed; a window that
+reached them would time the drain of a buffer, not the pipeline (on 12,000 samples at 224 px it made
+ours look 13% faster than its steady rate). The DataLoader route's window ends at the same batch.
 
 Next to samples/s, each route's CPU seconds per sample (all its processes, all cores) and the cores the
 whole machine kept busy meanwhile are reported: on a machine shared with others the rates move, the
@@ -69,9 +70,8 @@ TARGET_VS_DATALOADER = 1.0
 class SyntheticShardsConfig:
     """Shards generated when `data.train` is empty (reused on the next run with the same values)."""
 
-    # Enough for ~10 s of steady flow per route at 64 px: the pipeline's start-up buffers (a few
-    # thousand rows) then move the rate by a few percent at most.
-    samples: int = 40000
+    # ~8 s of timed steady flow per route at 64 px, after the warm-up and the untimed tail.
+    samples: int = 80000
     samples_per_shard: int = 2500
     image_size: int = 64  # side of the stored JPEGs; `data.image_size` is what the routes resize to
     seed: int = 0
@@ -84,6 +84,7 @@ class IngestBenchConfig:
     cpus: int = 0  # CPUs every route gets (DataLoader workers, decode-limit multiplier); 0: all usable cores
     batch_size: int = 128  # one Train worker's batch
     warmup_batches: int = 4  # per route, not timed; timing starts when the last of them arrives
+    untimed_tail: float = 0.3  # the epoch's last fraction, not timed: Ray Data's read-ahead drains there (module doc)
     rounds: int = 2  # each route this many times, interleaved; the best of each counts (one round varies by ~10%)
     reference_samples: int = 4000  # samples (the first, in shard order) the in-memory plain loops decode
     tokenizer: str = ""  # local tokenizer directory; empty: a BPE trained on the shards' captions
@@ -107,18 +108,23 @@ def check(cfg: IngestBenchConfig) -> None:
     for key, value in counts.items():
         if value < 1:
             raise ConfigError(f"config key '{key}': got {value}, expected >= 1")
+    if not 0 <= cfg.untimed_tail < 1:
+        raise ConfigError(f"config key 'untimed_tail': got {cfg.untimed_tail}, expected a fraction in [0, 1)")
     if not cfg.data.train:
         timed_batches_for(cfg.synthetic.samples, cfg)
 
 
 def timed_batches_for(samples: int, cfg: IngestBenchConfig) -> int:
-    """The last timed batch of the Train-worker routes: the full batches of an epoch, less those the
-    shuffle buffer would hand out at the end without waiting for decoding."""
-    tail = -(-cfg.data.shuffle_buffer // cfg.batch_size)
-    last = samples // cfg.batch_size - tail
+    """The last timed batch of the Train-worker routes: the full batches of an epoch, less the untimed
+    tail (Ray Data's decoded read-ahead drains there) and the batches the shuffle buffer hands out at
+    the end without waiting for decoding."""
+    shuffle_tail = -(-cfg.data.shuffle_buffer // cfg.batch_size)
+    drain_tail = int(samples * cfg.untimed_tail) // cfg.batch_size
+    last = samples // cfg.batch_size - drain_tail - shuffle_tail
     if last <= cfg.warmup_batches:
         raise ConfigError(f"config key 'batch_size': {samples} samples in batches of {cfg.batch_size} leave no timed "
-                          f"batch after {cfg.warmup_batches} warm-up batches and {tail} batches of shuffle buffer "
+                          f"batch after {cfg.warmup_batches} warm-up batches, {drain_tail} batches of untimed tail "
+                          f"(untimed_tail={cfg.untimed_tail}) and {shuffle_tail} batches of shuffle buffer "
                           f"(data.shuffle_buffer={cfg.data.shuffle_buffer})")
     return last
 
@@ -569,7 +575,7 @@ def summarize(cfg: IngestBenchConfig, *, cpus: int, samples: int, files: Sequenc
         cpu_ratio_vs_dataloader=_ratio(best_rounds["dataloader"], best_rounds["ours"]),
         targets={"ratio_vs_decode_limit": TARGET_VS_DECODE_LIMIT, "ratio_vs_dataloader": TARGET_VS_DATALOADER},
         cpus=cpus, samples=samples, shards=len(files), image_size=cfg.data.image_size, batch_size=cfg.batch_size,
-        warmup_batches=cfg.warmup_batches, decode_batch_size=cfg.data.decode_rows(),
+        warmup_batches=cfg.warmup_batches, untimed_tail=cfg.untimed_tail, decode_batch_size=cfg.data.decode_rows(),
         decode_concurrency=cfg.data.decode_concurrency, decode_cpus=cfg.data.decode_cpus,
         ray_num_cpus=cfg.ray.num_cpus, shuffle_buffer=cfg.data.shuffle_buffer,
     )

@@ -28,6 +28,8 @@ def test_bench_ingest_writes_the_summary(ray_session, tmp_path, capsys):
                 "ours_samples_per_s"):
         assert summary[key] > 0, key
     assert summary["cpus"] >= 1 and summary["samples"] == 384 and summary["image_size"] == 32
-    # 384 samples: 12 batches of 32, the last 2 are the shuffle buffer's; batches 3..10 are timed.
-    assert summary["timed_samples"]["ours"] == summary["timed_samples"]["dataloader"] == 8 * 32
+    # 384 samples: 12 batches of 32; the last 2 are the shuffle buffer's, the 3 before them the untimed
+    # tail's (0.3 of 384 = 115 samples); batches 3..7 are timed.
+    assert summary["timed_samples"]["ours"] == summary["timed_samples"]["dataloader"] == 5 * 32
+    assert summary["untimed_tail"] == 0.3
     assert "ours / DataLoader" in out

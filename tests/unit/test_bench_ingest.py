@@ -135,6 +135,21 @@ def test_config_is_checked_before_any_work(tmp_path):
         I.bench_shards(load_config(I.IngestBenchConfig, None, [f"data.train={tmp_path}"]))
 
 
+def test_timing_stops_before_the_untimed_tail_and_the_shuffle_buffer():
+    """10,000 samples in batches of 100: 30 batches of tail (0.3), 3 of a 250-row shuffle buffer."""
+    cfg = load_config(I.IngestBenchConfig, None, ["batch_size=100", "data.shuffle_buffer=250"])
+    assert I.timed_batches_for(10_000, cfg) == 100 - 30 - 3
+    cfg.untimed_tail = 0.0
+    assert I.timed_batches_for(10_000, cfg) == 100 - 3
+    for bad in (1.0, -0.1):
+        cfg.untimed_tail = bad
+        with pytest.raises(ConfigError, match="untimed_tail"):
+            I.check(cfg)
+    cfg.untimed_tail = 0.9
+    with pytest.raises(ConfigError, match="untimed tail"):
+        I.timed_batches_for(5_000, cfg)
+
+
 def test_tree_cpu_keeps_the_cpu_of_a_process_that_ended_in_the_window():
     """A child burns ~0.3 s of CPU and exits inside the window: its CPU stays in the tree's total."""
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass"
