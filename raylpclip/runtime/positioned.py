@@ -69,7 +69,6 @@ class PositionedParquet(_Positions, FileBasedDatasource):
     """img2dataset parquet shards, one file per read task, rows in file order, plus `path`."""
 
     _FILE_EXTENSIONS = ["parquet"]
-    _rows_per_block = ROWS_PER_BLOCK  # (also for readers made without __init__, as a unit test does)
 
     def __init__(self, paths: list[str], *, files: list[str], skip: RangeSet | None = None,
                  rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False, **kwargs):

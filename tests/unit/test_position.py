@@ -98,8 +98,8 @@ def test_parquet_reader_positions_rows_in_file_order(tmp_path):
 
     path = tmp_path / "00001.parquet"
     pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(600)], "txt": ["x"] * 600}), path, row_group_size=250)
-    reader = object.__new__(PositionedParquet)  # the reading half only: no Ray datasource set-up
-    reader._init_positions([str(tmp_path / "00000.parquet"), str(path)], RangeSet.of(pack(1, np.arange(0, 300))))
+    reader = PositionedParquet([str(path)], files=[str(tmp_path / "00000.parquet"), str(path)],
+                               skip=RangeSet.of(pack(1, np.arange(0, 300))), rows_per_block=128)
     with open(path, "rb") as f:
         tables = list(reader._read_stream(pa.PythonFile(f, mode="r"), str(path)))
     keys = [k for t in tables for k in t.column("key").to_pylist()]
