@@ -77,8 +77,9 @@ class DataConfig:
         """Rows per decode call: `decode_batch_size`, or for 0 about DECODE_BATCH_BYTES of decoded images
         (1024 rows at 64 px, 256 from 128 px up). Ray Data's cost per call does not shrink with the
         call: `bench ingest` on 2 CPUs at 64 px spent 378-436 us of CPU per sample with 256-row calls and
-        292-323 us with 1024 (README, Benchmarks); at 224 px, where a sample's decoding costs 7x more,
-        256 and 1024 rows were alike (1,869 vs 1,893 us), so there the smaller call (39 MB, not 154) wins."""
+        292-323 us with 1024 (docs/benchmarks.md, "Decode calls sized by the image"); at 224 px, where a
+        sample's decoding costs 7x more, 256 and 1024 rows were alike (1,869 vs 1,893 us), so there the
+        smaller call (39 MB, not 154) wins."""
         if self.decode_batch_size:
             return self.decode_batch_size
         return min(1024, max(256, DECODE_BATCH_BYTES // (3 * self.image_size ** 2)))
@@ -169,7 +170,8 @@ class RayConfig:
     dashboard: bool = True  # local instance: dashboard on 127.0.0.1 (Ray Train's state queries need it)
     object_store_gb: float = 0.0  # local instance: object store size; 0: Ray's default (30% of memory)
     # Local instance: take the object store's whole memory at start (Ray's RAY_preallocate_plasma_memory),
-    # rather than page by page as objects first land on it (README, "Benchmarks" says what that costs).
+    # rather than page by page as objects first land on it (what that costs: docs/benchmarks.md, "The
+    # object store's first pages").
     preallocate_object_store: bool = False
 
 
