@@ -25,7 +25,7 @@ def _split(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_demo(args: list[str]) -> Path:
-    from raylpclip.demo import DemoConfig, run_demo
+    from raylpclip.commands.demo import DemoConfig, run_demo
 
     path, overrides = _split(args)
     cfg = load_config(DemoConfig, path, overrides)
@@ -35,7 +35,7 @@ def cmd_demo(args: list[str]) -> Path:
 
 
 def cmd_pretrain(args: list[str]) -> Path:
-    from raylpclip.runtime.pretrain import run_pretrain
+    from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
     path, overrides = _split(args)
     cfg = load_config(PretrainConfig, path, overrides)

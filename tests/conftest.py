@@ -29,7 +29,7 @@ def ray_session():
     import ray
 
     from raylpclip.config import RayConfig
-    from raylpclip.runtime.session import ensure_ray
+    from raylpclip.runtime.cluster.session import ensure_ray
 
     os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")
     ensure_ray(RayConfig(num_cpus=8))
@@ -47,7 +47,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     import torch
 
     from raylpclip.models.clip import build_clip, export_clip
-    from raylpclip.models.tokenizer import train_tokenizer
+    from raylpclip.models.bpe_tokenizer import train_tokenizer
 
     out = tmp_path_factory.mktemp("tiny_clip")
     captions = [f"a photo of a {name}." for name in TINY_CLASSES] * 20 + ["a blurry sketch of it."] * 20

@@ -48,7 +48,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import (ConfigError, DataConfig, PretrainConfig, RayConfig, TrainConfig, from_dict,
                               load_config, to_dict)
 from raylpclip.data.decode import IMAGE_KEYS, BatchDecoder
@@ -58,7 +58,7 @@ from raylpclip.data.storage import configure_s3
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.data.tarstream import group_samples
 from raylpclip.data.transforms import decode_image, train_transform
-from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.summary import write_summary
 
 # The issue's targets on 2 CPUs; printed next to the ratios, never asserted.
@@ -382,7 +382,7 @@ def batch_decoder_limit(rows: Sequence[dict[str, Any]], data: DataConfig, tokeni
     batches = [rows_to_batch(rows[i:i + size]) for i in range(0, len(rows), size)]
     meter = Meter(warmup=1, last=len(batches))
     for batch in batches:
-        meter.add(len(decoder(batch)[columns.IMAGE]))
+        meter.add(len(decoder(batch)[batch_schema.IMAGE]))
     return meter.rate()
 
 
@@ -457,7 +457,7 @@ def timed_batches(batches: Iterable[dict], *, warmup: int, last: int,
     dropped half-way kills its workers mid-batch."""
     meter = Meter(warmup, last)
     for batch in batches:
-        meter.add(len(batch[columns.IMAGE]))
+        meter.add(len(batch[batch_schema.IMAGE]))
         if on_batch is not None:
             on_batch(batch)
     return meter.rate()
@@ -478,7 +478,7 @@ def _ours_worker(loop_config: dict) -> None:
     (`batch_stream` goes on epoch after epoch; `last` is within the first.)"""
     import ray.train
 
-    from raylpclip.runtime.pretrain_worker import batch_stream
+    from raylpclip.runtime.train.pretrain_worker import batch_stream
 
     cfg = from_dict(PretrainConfig, loop_config["config"])
     stream = batch_stream(ray.train.get_dataset_shard("train"), micro_batch=cfg.train.batch_size, cfg=cfg)
@@ -503,7 +503,7 @@ def ours_rate(files: Sequence[str], *, cfg: IngestBenchConfig, tokenizer, sample
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raylpclip.runtime.positioned import train_source
+    from raylpclip.runtime.data.shard_reader import train_source
 
     data = cfg.data
     ds = train_source(list(files), fmt="webdataset", cfg=data, tokenizer=tokenizer)
@@ -606,7 +606,7 @@ def format_table(s: dict[str, Any]) -> str:
 
 
 def run_ingest(cfg: IngestBenchConfig) -> dict[str, Any]:
-    from raylpclip.runtime.session import ensure_ray  # Ray is imported only when the bench runs
+    from raylpclip.runtime.cluster.session import ensure_ray  # Ray is imported only when the bench runs
 
     start = time.perf_counter()
     check(cfg)

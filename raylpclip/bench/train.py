@@ -130,7 +130,7 @@ def needed_samples(cfg: TrainBenchConfig) -> int:
 def lookahead_samples(cfg: TrainBenchConfig) -> int:
     """Rows Ray Data may hold decoded or being decoded ahead of the trainer: the object-store budget
     (`bench.data_buffer_batches`) and the decode actors' queued batches."""
-    from raylpclip.runtime.datasets import DECODE_TASKS_PER_ACTOR
+    from raylpclip.runtime.data.decode_pool import DECODE_TASKS_PER_ACTOR
 
     queued = cfg.data.decode_concurrency * DECODE_TASKS_PER_ACTOR * cfg.data.decode_rows()
     return cfg.bench.data_buffer_batches * cfg.train.batch_size + queued
@@ -157,7 +157,7 @@ def note_small_data(cfg: TrainBenchConfig) -> None:
 
 def premade_batches(cfg: PretrainConfig, *, tokenizer, micro: int, count: int) -> dict[str, np.ndarray]:
     """`count` micro-batches of rows decoded by the training pipeline itself (first source), as numpy."""
-    from raylpclip.runtime.datasets import source_dataset
+    from raylpclip.runtime.data.decode_pool import source_dataset
 
     ds = source_dataset(cfg.data.train_sources()[0], cfg.data, tokenizer=tokenizer)
     batch = ds.take_batch(batch_size=micro * count)
@@ -204,7 +204,7 @@ def pipeline(cfg: TrainBenchConfig, *, tokenizer, data, workers: int, threads: i
     worker function with DDP, data streams, RayHooks reports and checkpoints), `workers` x `threads`,
     with the step clock put in (engine/clock.clocked). Returns each rank's timing, memory and report figures."""
     from raylpclip.bench.train_timing import arm_configs
-    from raylpclip.runtime.pretrain import build_trainer, fit
+    from raylpclip.runtime.train.pretrain_driver import build_trainer, fit
 
     b = cfg.bench
     run = replace(arm_configs(pretrain_part(cfg))["psd"], name=label, output_dir=str(cfg.run_dir / "ray"),
@@ -361,7 +361,7 @@ def format_table(s: dict[str, Any]) -> str:
 
 def prepare(cfg: TrainBenchConfig):
     """Shards (generated when none are given) and the tokenizer, before Ray starts."""
-    from raylpclip.runtime.pretrain import inspect_train_data, prepare_tokenizer
+    from raylpclip.runtime.train.pretrain_driver import inspect_train_data, prepare_tokenizer
 
     if not cfg.data.train and not cfg.data.sources:
         cfg = replace(cfg, data=replace(cfg.data, train=synthetic_shards(cfg)))
@@ -375,8 +375,8 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
     import ray
 
     from raylpclip.data.storage import configure_s3
-    from raylpclip.runtime import skips
-    from raylpclip.runtime.session import ensure_ray
+    from raylpclip.runtime.cluster import counters
+    from raylpclip.runtime.cluster.session import ensure_ray
 
     start = time.perf_counter()
     check(cfg)
@@ -388,7 +388,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
     cfg, data, tokenizer = prepare(cfg)
     threads, b = bench_threads(cfg), cfg.bench
     ensure_ray(cfg.ray)
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     batch_ref = ray.put(premade_batches(pretrain_part(cfg), tokenizer=tokenizer,
                                         micro=cfg.train.batch_size // cfg.optim.accum_steps, count=b.memory_batches))
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -408,7 +408,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
               + (f", 2 workers {r['two'][0]['timed']['samples_per_s']:.1f}" if b.two_workers else ""), flush=True)
     summary = summarize(rounds, batch=cfg.train.batch_size, threads=threads, saves=save_steps(b), use_gpu=cfg.train.use_gpu)
     summary.update(raw_rounds=rounds, cpus=b.cpus or usable_cpus(), model=cfg.model.preset, image_size=cfg.data.image_size,
-                   psd=to_dict(cfg.psd), precision=cfg.train.precision, skipped=skips.totals(counter),
+                   psd=to_dict(cfg.psd), precision=cfg.train.precision, skipped=counters.totals(counter),
                    switches={k: getattr(cfg.train, k) for k in ("fused_adamw", "compile", "channels_last",
                                                                 "grad_checkpointing", "ddp_bucket_cap_mb", "async_checkpoint")},
                    date=time.strftime("%Y-%m-%d %H:%M"), wall_s=time.perf_counter() - start,

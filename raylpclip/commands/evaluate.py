@@ -18,10 +18,10 @@ from raylpclip.data.metadata import label_names
 from raylpclip.data.shards import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.models.classifier import Classifier, is_classifier, load_classifier, load_encoder, zeroshot_head
-from raylpclip.runtime import skips
-from raylpclip.runtime.inference import InferenceConfig
-from raylpclip.runtime.robustness import RobustnessConfig, check_robustness, evaluate, report
-from raylpclip.runtime.session import ensure_ray
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.data.batch_inference import InferenceConfig
+from raylpclip.runtime.data.robustness_eval import RobustnessConfig, check_robustness, evaluate, report
+from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 
@@ -93,12 +93,12 @@ def run_eval(cfg: EvalRunConfig) -> dict:
     configure_s3(cfg.data.s3)
     classifiers, tokenizers = resolve_classifiers(cfg)
     ensure_ray(cfg.ray)
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
                       inference=cfg.inference, tokenizers=tokenizers, counter=counter)
     summary = report(output, cfg.run_dir)
     summary.update(run_dir=str(cfg.run_dir.resolve()), wall_s=time.perf_counter() - start,
-                   skipped=skips.totals(counter), classifiers={n: getattr(c, "encoder", c) for n, c in classifiers.items()})
+                   skipped=counters.totals(counter), classifiers={n: getattr(c, "encoder", c) for n, c in classifiers.items()})
     write_summary(cfg.run_dir, summary)
     print(f"[raylpclip] eval of {len(classifiers)} classifiers on {output.samples} test images x {summary['views']} "
           f"views, {summary['wall_s']:.0f}s; tables and plots in {cfg.run_dir}")

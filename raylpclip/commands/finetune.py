@@ -32,7 +32,7 @@ def cmd_finetune(args: list[str]) -> Path:
     path, overrides = _split(args)
     cfg = load_finetune_config(path, overrides)
     require_inputs(cfg)
-    from raylpclip.runtime.finetune import run_finetune  # Ray is imported only once the config is good
+    from raylpclip.runtime.train.finetune_driver import run_finetune  # Ray is imported only once the config is good
 
     summary = run_finetune(cfg)
     print_table(summary)

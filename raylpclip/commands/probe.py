@@ -1,4 +1,4 @@
-"""`raylpclip probe CONFIG [key=value ...]`: LP-CLIP on a frozen CLIP (see raylpclip.runtime.probe)."""
+"""`raylpclip probe CONFIG [key=value ...]`: LP-CLIP on a frozen CLIP (see raylpclip.runtime.train.probe_driver)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 def cmd_probe(args: list[str]) -> Path:
     from raylpclip.cli import _split
-    from raylpclip.runtime.probe import load_probe_config, run_probe
+    from raylpclip.runtime.train.probe_driver import load_probe_config, run_probe
 
     path, overrides = _split(args)
     summary = run_probe(load_probe_config(path, overrides))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raylpclip.runtime.scaling import load_scaling, run_scaling
+from raylpclip.experiments.scaling_plan import load_scaling, run_scaling
 
 
 def _split(args: list[str]) -> tuple[str | None, list[str]]:

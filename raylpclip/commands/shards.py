@@ -27,8 +27,8 @@ from raylpclip.data.shards import FORMATS
 from raylpclip.data.storage import is_remote, s3_options
 from raylpclip.data.sources import (CAPTION_MODES, DEFAULT_TEMPLATES, SourceItem, SourceStats, caption_csv_items,
                                     check_templates, image_folder_items, read_lines, shuffled)
-from raylpclip.runtime.session import ensure_ray
-from raylpclip.runtime.write import WriteReport, prepare_out_dir, write_items
+from raylpclip.runtime.cluster.session import ensure_ray
+from raylpclip.runtime.data.shard_writing import WriteReport, prepare_out_dir, write_items
 from raylpclip.summary import write_summary
 
 DEFAULT_SUMMARY_DIR = "shards-summary"  # under the working directory, for s3:// outputs

@@ -1,7 +1,7 @@
 """`raylpclip sweep CONFIG.yaml [key=value ...]`: a Ray Tune sweep of PSD pretraining.
 
 CONFIG is a pretrain config (inline keys or `base: other.yaml`) with a `sweep:` section whose `space`
-maps config keys to search expressions (see raylpclip/sweep_space.py). Overrides: `sweep.num_samples=4`,
+maps config keys to search expressions (see raylpclip/experiments/sweep_space.py). Overrides: `sweep.num_samples=4`,
 `train.steps=200`, ... Re-running the same command (same name) resumes the sweep.
 """
 
@@ -12,11 +12,11 @@ from pathlib import Path
 
 def cmd_sweep(args: list[str]) -> Path:
     from raylpclip.cli import _split
-    from raylpclip.sweep_space import load_sweep
+    from raylpclip.experiments.sweep_space import load_sweep
 
     path, overrides = _split(args)
     spec = load_sweep(path, overrides)  # all config errors before Ray starts
-    from raylpclip.runtime.sweep import run_sweep
+    from raylpclip.runtime.tune.sweep_runner import run_sweep
 
     summary = run_sweep(spec)
     counts = ", ".join(f"{n} {status}" for status, n in summary["status_counts"].items() if n)

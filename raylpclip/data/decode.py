@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.data.transforms import decode_image, eval_transform, train_transform
-from raylpclip.data.tokens import tokenize
+from raylpclip.data.tokenization import tokenize
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text", "caption")
@@ -84,7 +84,7 @@ def _keys(batch: dict[str, Any], n: int) -> list[str]:
 
 def describe_columns(batch: dict[str, Any]) -> str:
     """The columns a shard gave (not the row positions the training readers add)."""
-    return ", ".join(sorted(k for k in batch.keys() if k != columns.POSITION))
+    return ", ".join(sorted(k for k in batch.keys() if k != batch_schema.POSITION))
 
 
 def source_paths(batch: dict[str, Any]) -> str:
@@ -155,8 +155,8 @@ class BatchDecoder:
             kept_rows.append(i)
         self._check_usable(n, len(kept), batch)
         out = self._columns(images[:len(kept)], texts, labels, image_ids, kept)
-        if columns.POSITION in batch:  # where each row sits in its shard (see runtime/position.py)
-            out[columns.POSITION] = np.asarray(batch[columns.POSITION], dtype=np.int64)[kept_rows]
+        if batch_schema.POSITION in batch:  # where each row sits in its shard (see data/stream_position.py)
+            out[batch_schema.POSITION] = np.asarray(batch[batch_schema.POSITION], dtype=np.int64)[kept_rows]
         return out
 
     def _check_usable(self, seen: int, kept: int, batch: dict[str, Any]) -> None:
@@ -184,12 +184,12 @@ class BatchDecoder:
             "attention_mask": np.zeros((0, self.context_length), np.int64),
         }
         out = {
-            columns.IMAGE: images,
-            columns.INPUT_IDS: tokens["input_ids"],
-            columns.ATTENTION_MASK: tokens["attention_mask"],
-            columns.LABEL: np.asarray(labels, dtype=np.int64),
-            columns.IMAGE_ID: np.asarray(image_ids, dtype=np.int64),
+            batch_schema.IMAGE: images,
+            batch_schema.INPUT_IDS: tokens["input_ids"],
+            batch_schema.ATTENTION_MASK: tokens["attention_mask"],
+            batch_schema.LABEL: np.asarray(labels, dtype=np.int64),
+            batch_schema.IMAGE_ID: np.asarray(image_ids, dtype=np.int64),
         }
         if self.with_keys:
-            out[columns.KEY] = np.asarray(keys, dtype=object)
+            out[batch_schema.KEY] = np.asarray(keys, dtype=object)
         return out

@@ -9,7 +9,7 @@ Ray's 1,024-row buffer. Here the rows arrive as tensors and the buffer swaps row
 incoming piece takes random slots of the buffer and the rows it evicts go into the next batch.
 
 The pieces need not be batches. The Train worker hands in Ray Data's blocks as they are, as zero-copy
-views of the object store (runtime/train_streams.py), so Ray never concatenates block slices into a
+views of the object store (runtime/data/batch_stream.py), so Ray never concatenates block slices into a
 batch first: at 224 px that concatenation held a third of a py-spy profile of a `bench ingest`
 Train worker.
 

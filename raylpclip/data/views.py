@@ -20,7 +20,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.data.decode import (
     IMAGE_KEYS,
     TEXT_KEYS,
@@ -34,12 +34,12 @@ from raylpclip.data.decode import (
     describe_columns,
     source_paths,
 )
-from raylpclip.data.tokens import tokenize, tokenize_on_one_thread
+from raylpclip.data.tokenization import tokenize, tokenize_on_one_thread
 from raylpclip.data.transforms import decode_image, eval_transform, strong_transform, train_transform
 from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt
 
 CLEAN, WEAK, STRONG = "clean", "weak", "strong"
-IMAGE_PREFIX = "view_"  # not "image_": columns.IMAGE_ID is "image_id"
+IMAGE_PREFIX = "view_"  # not "image_": batch_schema.IMAGE_ID is "image_id"
 
 
 def corruption_view(name: str, severity: int) -> str:
@@ -164,13 +164,13 @@ class ViewDecoder:
             kept_keys.append(keys[i])
         out = {IMAGE_PREFIX + view: np.stack(imgs) if imgs else np.zeros((0, 3, size, size), np.uint8)
                for view, imgs in per_view.items()}
-        out[columns.LABEL] = np.asarray(labels, dtype=np.int64)
-        out[columns.IMAGE_ID] = np.asarray(image_ids, dtype=np.int64)
-        out[columns.KEY] = np.asarray(kept_keys, dtype=object)
+        out[batch_schema.LABEL] = np.asarray(labels, dtype=np.int64)
+        out[batch_schema.IMAGE_ID] = np.asarray(image_ids, dtype=np.int64)
+        out[batch_schema.KEY] = np.asarray(kept_keys, dtype=object)
         if self.tokenizer is not None:
             tokens = tokenize(self.tokenizer, texts, context_length=self.context_length) if texts else {
                 "input_ids": np.zeros((0, self.context_length), np.int64),
                 "attention_mask": np.zeros((0, self.context_length), np.int64)}
-            out[columns.INPUT_IDS] = tokens["input_ids"]
-            out[columns.ATTENTION_MASK] = tokens["attention_mask"]
+            out[batch_schema.INPUT_IDS] = tokens["input_ids"]
+            out[batch_schema.ATTENTION_MASK] = tokens["attention_mask"]
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import PSDConfig
 from raylpclip.losses import psd_alpha, psd_loss
 from raylpclip.models.clip import normalize_images
@@ -36,8 +36,8 @@ class PretrainTask:
         return psd_alpha(step, total_steps=self.total_steps, a_max=self.psd.a_max, ramp=self.psd.ramp)
 
     def losses(self, batch: dict[str, torch.Tensor], *, step: int) -> dict[str, torch.Tensor]:
-        images = normalize_images(batch[columns.IMAGE])
-        ids, mask = batch[columns.INPUT_IDS], batch[columns.ATTENTION_MASK]
+        images = normalize_images(batch[batch_schema.IMAGE])
+        ids, mask = batch[batch_schema.INPUT_IDS], batch[batch_schema.ATTENTION_MASK]
         out = self.model(images, ids, mask)
         teacher = {}
         if self.ema is not None:

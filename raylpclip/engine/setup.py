@@ -1,6 +1,6 @@
 """Model, optimizer, schedule and task for PSD pretraining, with the speed/memory switches of TrainConfig.
 
-One builder for the Ray worker (runtime/pretrain_worker.py), the train benchmark's plain loop and
+One builder for the Ray worker (runtime/train/pretrain_worker.py), the train benchmark's plain loop and
 tests, so that "the same model and step" means the same code. Pure torch: the caller passes `wrap`
 (Ray Train's DDP `prepare_model`) when it trains distributed.
 """

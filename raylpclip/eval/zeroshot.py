@@ -7,7 +7,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from raylpclip.data.tokens import tokenize
+from raylpclip.data.tokenization import tokenize
 from raylpclip.models.clip import ClipTower
 
 

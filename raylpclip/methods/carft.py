@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from raylpclip import columns
-from raylpclip.data.tokens import tokenize
+from raylpclip import batch_schema
+from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.methods.finetune_model import ImageEncoder
 from raylpclip.models.clip import ClipTower, normalize_images
@@ -90,8 +90,8 @@ class FinetuneTask:
         self.num_classes, self.kl_weight, self.scale = num_classes, kl_weight, scale
 
     def losses(self, batch: dict[str, Tensor], *, step: int) -> dict[str, Tensor]:
-        images = normalize_images(batch[columns.IMAGE])
-        labels = batch[columns.LABEL]
+        images = normalize_images(batch[batch_schema.IMAGE])
+        labels = batch[batch_schema.LABEL]
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
             raise ValueError(f"training labels span [{int(labels.min())}, {int(labels.max())}] but the head has "
                              f"{self.num_classes} classes; check eval.classnames against the shards' labels")

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.data.decode import DataError
 from raylpclip.engine.loop import autocast
 from raylpclip.eval.calibration import robustness_metrics
@@ -80,13 +80,13 @@ def labelled_only(batches: Iterable[dict[str, Tensor]], *, batch_size: int, on_s
     pending: list[dict[str, Tensor]] = []
     held = kept = dropped = 0
     for batch in batches:
-        keep = batch[columns.LABEL] >= 0
+        keep = batch[batch_schema.LABEL] >= 0
         n_drop = int((~keep).sum())
         if n_drop:
             dropped += n_drop
             on_skip(n_drop)
             batch = {k: v[keep] for k, v in batch.items()}
-        n = int(batch[columns.LABEL].shape[0])
+        n = int(batch[batch_schema.LABEL].shape[0])
         kept += n
         if kept == 0 and dropped >= fail_after:
             raise DataError(f"training shards {source} gave {dropped} samples and none with a class label "
@@ -108,12 +108,12 @@ def classifier_logits(predict: Callable[[Tensor], Tensor], batches: Iterable[dic
     """(logits (N, C) float, labels (N,), unlabelled rows skipped) of `predict(normalised images)`."""
     logits, labels, skipped = [], [], 0
     for batch in batches:
-        label = batch[columns.LABEL]
+        label = batch[batch_schema.LABEL]
         keep = label >= 0
         skipped += int((~keep).sum())
         if not keep.any():
             continue
-        images = normalize_images(batch[columns.IMAGE][keep].to(device))
+        images = normalize_images(batch[batch_schema.IMAGE][keep].to(device))
         with autocast(precision, device):
             logits.append(predict(images).float().cpu())
         labels.append(label[keep].cpu())

@@ -13,15 +13,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import DataConfig, PretrainConfig, SourceConfig, load_config
 from raylpclip.data.decode import DataError
 from raylpclip.data.shards import sample_key, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
-from raylpclip.models.tokenizer import train_tokenizer
-from raylpclip.runtime import skips
-from raylpclip.runtime.datasets import source_dataset
-from raylpclip.runtime.pretrain import run_pretrain
+from raylpclip.models.bpe_tokenizer import train_tokenizer
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.data.decode_pool import source_dataset
+from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 from .conftest import small_run
 
@@ -70,14 +70,14 @@ def tokenizer(tmp_path_factory):
 
 
 def _rows_and_skips(path: str, tokenizer, *, read_in_decoders: bool = True, fused: bool | None = None) -> tuple[int, dict]:
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     cfg = DataConfig(image_size=32, read_in_decoders=read_in_decoders)
     ds = source_dataset(SourceConfig(path=path), cfg, tokenizer=tokenizer, counter=counter)
-    rows = sum(len(b[columns.LABEL]) for b in ds.iter_batches(batch_size=64))
+    rows = sum(len(b[batch_schema.LABEL]) for b in ds.iter_batches(batch_size=64))
     if fused is not None:  # the decode actors read the shards themselves: Ray Data fused the two
         assert ("ReadReadWebDataset->MapBatches(CountingDecoder)" in ds.stats()) == fused
     time.sleep(0.5)  # the last counter.add from a decode actor is fire-and-forget
-    return rows, skips.totals(counter)
+    return rows, counters.totals(counter)
 
 
 @pytest.mark.parametrize("read_in_decoders", [True, False], ids=["read_by_decode_actors", "separate_read_tasks"])

@@ -1,7 +1,7 @@
 """Faults injected into short pretraining runs, each compared with one uninterrupted reference run:
 a Train worker SIGKILLed, a node removed, the driver SIGKILLed and the command re-run, the newest
 checkpoint truncated, S3 run storage answering 503 SlowDown. Every run records the samples of each
-step (runtime/faults.py probe), so "samples replayed" counts trainings on a sample already trained on
+step (the workers' trace, raylpclip/runtime/train/worker_trace.py), so "samples replayed" counts trainings on a sample already trained on
 in the same epoch. The module writes the fault table (runs/faults/fault_table.{md,json}) and prints it.
 
 One epoch is 1500 samples and a run trains 40 steps of 32 = 1280: an uninterrupted run sees no
@@ -25,14 +25,16 @@ import torch
 from transformers import CLIPModel
 
 from raylpclip.config import PretrainConfig, load_config
-from raylpclip.data.tokens import tokenize
-from raylpclip.engine.checkpoint import load_state
+from raylpclip.data.tokenization import tokenize
+from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.models.clip import ClipTower
 from raylpclip.models.factory import build_tower
-from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
-from raylpclip.runtime.faults import (PROBE_ENV, FaultProxy, ProbeRecords, checkpoint_dirs, first_try_of,
-                                      kill_worker_when, persisted_steps, run_until, truncate)
-from raylpclip.runtime.pretrain import run_pretrain
+from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.runtime.train.pretrain_driver import run_pretrain
+from tests.drills.checkpoint_damage import checkpoint_dirs, persisted_steps, truncate
+from tests.drills.driver_kills import run_until
+from tests.drills.fault_proxy import FaultProxy, first_try_of
+from tests.drills.worker_kills import TRACE_ENV, TraceRecords, kill_worker_when
 
 pytestmark = pytest.mark.ray
 REPO = Path(__file__).resolve().parents[2]
@@ -74,7 +76,7 @@ class FaultTable:
     def __init__(self):
         self.rows: list[dict] = []
 
-    def add(self, fault: str, summary: dict | None, reference: dict, records: ProbeRecords | None, *,
+    def add(self, fault: str, summary: dict | None, reference: dict, records: TraceRecords | None, *,
             resumed_from=None, bound=INTERVAL) -> None:
         self.rows.append({
             "fault": fault, "finished": summary is not None and summary.get("step") == STEPS,
@@ -112,10 +114,10 @@ def fault_table(request):
                 reporter.write_line(line)
 
 
-def _run(cfg_overrides: list[str], probe: Path, monkeypatch) -> tuple[dict, ProbeRecords]:
-    monkeypatch.setenv(PROBE_ENV, str(probe))
+def _run(cfg_overrides: list[str], probe: Path, monkeypatch) -> tuple[dict, TraceRecords]:
+    monkeypatch.setenv(TRACE_ENV, str(probe))
     summary = run_pretrain(load_config(PretrainConfig, None, cfg_overrides))
-    return summary, ProbeRecords.read(probe)
+    return summary, TraceRecords.read(probe)
 
 
 @pytest.fixture(scope="module")
@@ -166,12 +168,12 @@ def test_killed_driver_rerun_resumes_checkpoint_and_data_position(reference, syn
                                                                   tmp_path, monkeypatch, fault_table):
     probe = tmp_path / "probe"
     cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "driver-kill")
-    env = dict(os.environ, **{PROBE_ENV: str(probe)})
+    env = dict(os.environ, **{TRACE_ENV: str(probe)})
     # The whole process group (driver, its Ray instance, workers) dies as soon as checkpoint 20 is in
     # storage, a few steps before checkpoint 30.
     run_until([sys.executable, "-m", "raylpclip", "pretrain", *cfg, "ray.num_cpus=6"],
               until=lambda: 20 in persisted_steps(tmp_path / "driver-kill"), env=env, timeout=900)
-    killed_at = ProbeRecords.read(probe).max_step()
+    killed_at = TraceRecords.read(probe).max_step()
     assert 20 < killed_at < 30
     summary, records = _run(cfg, probe, monkeypatch)  # the same command again, same name: resumes
     resumed = {w["start_step"] for w in records.workers if w["start_step"] > 0}
@@ -254,8 +256,8 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "node-loss", "train.min_workers=1",
                     "train.max_failures=2", "data.decode_concurrency=1")
     result_path = tmp_path / "result.json"
-    env = dict(os.environ, **{PROBE_ENV: str(tmp_path / "probe")})
-    proc = subprocess.run([sys.executable, "-m", "raylpclip.runtime.node_drill", str(result_path), "10", *cfg],
+    env = dict(os.environ, **{TRACE_ENV: str(tmp_path / "probe")})
+    proc = subprocess.run([sys.executable, "-m", "tests.drills.node_drill", str(result_path), "10", *cfg],
                           capture_output=True, text=True, timeout=900, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0 and result_path.is_file(), out[-6000:]
@@ -270,7 +272,7 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     assert f"resumed node-loss at step {resumed_from}" in out and "with 1 workers" in out
     summary = result["summary"]
     _assert_close_to_reference(summary, reference)
-    records = ProbeRecords.read(tmp_path / "probe")
+    records = TraceRecords.read(tmp_path / "probe")
     assert records.replayed() <= INTERVAL
     fault_table.add(f"node removed (at step {result['removed_after_step']}), elastic 2 -> 1 workers", summary,
                     reference["summary"], records, resumed_from=resumed_from)
@@ -279,14 +281,14 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
 def test_lost_counter_costs_its_counts_not_the_run(ray_session, capfd):
     """The run's skip/retry counter lives on the head node; if it is lost anyway, a report gets no
     counts and a warning instead of an error that would fail a training that can go on."""
-    from raylpclip.runtime import skips
+    from raylpclip.runtime.cluster import counters
 
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     counter.add.remote({"corrupt_image": 2})
-    assert skips.totals(counter) == {"corrupt_image": 2}
+    assert counters.totals(counter) == {"corrupt_image": 2}
     ray_session.kill(counter)
     deadline = time.monotonic() + 30  # ray.kill returns before the actor is gone
-    while (totals := skips.totals(counter)) and time.monotonic() < deadline:
+    while (totals := counters.totals(counter)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert totals == {}
     assert "the skip/retry counter is gone (ActorDiedError)" in capfd.readouterr().out

@@ -14,8 +14,8 @@ import pytest
 import s3fs
 import torch
 
-from raylpclip.engine.checkpoint import MANIFEST_FILE, STATE_FILE, save_state
-from raylpclip.runtime.faults import truncate
+from raylpclip.engine.checkpoint_state import MANIFEST_FILE, STATE_FILE, save_state
+from tests.drills.checkpoint_damage import truncate
 
 pytestmark = pytest.mark.ray  # subprocesses that import torch and Ray: seconds each
 

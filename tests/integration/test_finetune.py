@@ -19,7 +19,7 @@ import torch
 from ray.util.state import list_actors
 
 from raylpclip.cli import main
-from raylpclip.engine.checkpoint import load_state
+from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.methods.finetune_config import load_finetune_config
 from raylpclip.models.classifier import load_classifier, load_encoder
 
@@ -81,7 +81,7 @@ def test_carft_run_writes_loadable_classifiers_and_resumes(ray_session, syntheti
                                (loaded["zeroshot"].head.weight + theta_ft["head.weight"]) / 2)
 
     # Same name again: Ray Train hands back the finished run's checkpoint, nothing retrains.
-    from raylpclip.runtime.finetune import run_finetune
+    from raylpclip.runtime.train.finetune_driver import run_finetune
 
     again = run_finetune(load_finetune_config(None, overrides))
     assert again["step"] == STEPS and again["checkpoint"] == summary["checkpoint"]

@@ -9,8 +9,8 @@ import pytest
 from transformers import CLIPModel
 
 from raylpclip.config import PretrainConfig, load_config
-from raylpclip.demo import DemoConfig, run_demo
-from raylpclip.runtime.pretrain import run_pretrain
+from raylpclip.commands.demo import DemoConfig, run_demo
+from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 from .conftest import small_run
 

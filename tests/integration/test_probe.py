@@ -20,10 +20,10 @@ import torch
 from raylpclip.commands.evaluate import cmd_eval
 from raylpclip.methods.lpclip import LPCLIPConfig
 from raylpclip.models.classifier import load_classifier, load_encoder, zeroshot_head
-from raylpclip.runtime import probe as probe_module
-from raylpclip.runtime.faults import ProbeRecords, kill_worker_when
-from raylpclip.runtime.probe import load_probe_config, run_probe, train_probes
-from raylpclip.runtime.probe_worker import probe_worker
+from raylpclip.runtime.train import probe_driver as probe_module
+from raylpclip.runtime.train.probe_driver import load_probe_config, run_probe, train_probes
+from raylpclip.runtime.train.probe_worker import probe_worker
+from tests.drills.worker_kills import TraceRecords, kill_worker_when
 
 pytestmark = pytest.mark.usefixtures("ray_session")
 
@@ -78,14 +78,14 @@ def _train(setup, tmp_path: Path, name: str, features: Path | None = None):
     """train_probes on 1 worker (the rows a worker gets then do not depend on how Ray Data splits them),
     with the worker's pid marker in tmp_path/<name>, written once its features are loaded."""
     cfg, default_features, weights, lp = setup
-    marked = functools.partial(probe_worker, fault_probe=str(tmp_path / name))
+    marked = functools.partial(probe_worker, trace_dir=str(tmp_path / name))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(probe_module, "probe_worker", marked)
         one = dataclasses.replace(cfg, output_dir=str(tmp_path), name=name,
                                   train=dataclasses.replace(cfg.train, num_workers=1, max_failures=1))
         start = time.time()
         heads = train_probes(one, features or default_features, weights, lp, supervised=True)
-    return heads, ProbeRecords.read(tmp_path / name).workers, start, time.time()
+    return heads, TraceRecords.read(tmp_path / name).workers, start, time.time()
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from raylpclip.config import PretrainConfig, S3Config, load_config
 from raylpclip.data.shards import read_stats, resolve_shards, write_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
-from raylpclip.runtime.pretrain import run_pretrain
+from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 pytestmark = pytest.mark.ray
 

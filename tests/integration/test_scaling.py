@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from raylpclip.runtime.scaling import load_scaling, run_scaling
+from raylpclip.experiments.scaling_plan import load_scaling, run_scaling
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

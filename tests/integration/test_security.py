@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import DataConfig, SourceConfig
-from raylpclip.models.tokenizer import train_tokenizer
-from raylpclip.runtime.datasets import source_dataset
-from raylpclip.runtime.positioned import train_source
+from raylpclip.models.bpe_tokenizer import train_tokenizer
+from raylpclip.runtime.data.decode_pool import source_dataset
+from raylpclip.runtime.data.shard_reader import train_source
 
 from ..unit.test_security import payload_bytes, shard_with_payloads
 
@@ -93,7 +93,7 @@ def test_readers_never_unpickle_shard_members(ray_session, tmp_path, tokenizer, 
         ds = train_source([str(shard)], fmt="webdataset", cfg=cfg, tokenizer=tokenizer)
     else:
         ds = source_dataset(SourceConfig(path=str(shard.parent)), cfg, tokenizer=tokenizer)
-    rows = sum(len(b[columns.IMAGE]) for b in ds.iter_batches(batch_size=4))
+    rows = sum(len(b[batch_schema.IMAGE]) for b in ds.iter_batches(batch_size=4))
     assert rows == 8
     assert not proof.exists()
     pickle.loads(payload_bytes(proof)["pickle"])  # the control: these bytes do run when unpickled

@@ -10,7 +10,7 @@ def test_worker_processes_run_ray_data_with_the_paced_loop(ray_session):
     def paced_here() -> bool:
         from ray.data._internal.execution.streaming_executor import StreamingExecutor
 
-        from raylpclip.runtime import idle_scheduler
+        from raylpclip.runtime.cluster import idle_scheduler
 
         return getattr(StreamingExecutor._scheduling_loop_step, idle_scheduler._MARK, False)
 

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.bench import cmd_bench
 from raylpclip.bench import ingest as I
 from raylpclip.config import ConfigError, DataConfig, load_config
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.shards import sample_key, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
-from raylpclip.models.tokenizer import train_tokenizer
+from raylpclip.models.bpe_tokenizer import train_tokenizer
 
 SAMPLES, PER_SHARD, BATCH = 128, 32, 16
 DATA = DataConfig(image_size=16, context_length=12, shuffle_buffer=32, decode_batch_size=20)
@@ -56,15 +56,15 @@ def test_dataloader_batches_equal_the_pipelines(shards, tokenizer):
     batches = list(loader)
     # Ray's Train worker: every full batch of the one stream; here 2 workers of 2 shards (64 rows) each.
     assert len(batches) == SAMPLES // BATCH
-    assert sum(len(b[columns.IMAGE]) for b in batches) == SAMPLES
+    assert sum(len(b[batch_schema.IMAGE]) for b in batches) == SAMPLES
     rows = [row for path in files for row in I.tar_rows(path)]
     ours = BatchDecoder(**I.decoder_kwargs(DATA, tokenizer))(I.rows_to_batch(rows[:BATCH]))
     assert all(isinstance(col, torch.Tensor) for col in batches[0].values())
     assert _shapes(batches[0]) == _shapes(ours)
-    assert tuple(batches[0][columns.IMAGE].shape) == (BATCH, 3, 16, 16)
+    assert tuple(batches[0][batch_schema.IMAGE].shape) == (BATCH, 3, 16, 16)
     # Every sample once: the workers split the shards, the shuffle buffers only reorder.
-    assert sorted(torch.cat([b[columns.IMAGE_ID] for b in batches]).tolist()) == sorted(
-        BatchDecoder(**I.decoder_kwargs(DATA, tokenizer))(I.rows_to_batch(rows))[columns.IMAGE_ID].tolist())
+    assert sorted(torch.cat([b[batch_schema.IMAGE_ID] for b in batches]).tolist()) == sorted(
+        BatchDecoder(**I.decoder_kwargs(DATA, tokenizer))(I.rows_to_batch(rows))[batch_schema.IMAGE_ID].tolist())
 
 
 def test_shuffle_buffer_reorders_without_losing_rows():

@@ -167,7 +167,7 @@ def test_plain_loop_times_alternating_windows(tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer(tmp_path_factory):
-    from raylpclip.models.tokenizer import train_tokenizer
+    from raylpclip.models.bpe_tokenizer import train_tokenizer
 
     return train_tokenizer(["a red circle", "a blue square", "a green triangle"] * 10, vocab_size=300,
                            out_dir=str(tmp_path_factory.mktemp("tok")))

@@ -8,7 +8,7 @@ import pytest
 import torch
 from ray.data.block import BlockAccessor
 
-from raylpclip.runtime.train_streams import block_tensors
+from raylpclip.runtime.data.batch_stream import block_tensors
 
 
 def block(start: int, n: int) -> pa.Table:

@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 CORE = [
-    "raylpclip.config", "raylpclip.columns", "raylpclip.distributed", "raylpclip.losses",
-    "raylpclip.models.clip", "raylpclip.models.tokenizer", "raylpclip.models.factory", "raylpclip.models.ema",
+    "raylpclip.config", "raylpclip.batch_schema", "raylpclip.distributed", "raylpclip.losses",
+    "raylpclip.models.clip", "raylpclip.models.bpe_tokenizer", "raylpclip.models.factory", "raylpclip.models.ema",
     "raylpclip.data.decode", "raylpclip.data.shards", "raylpclip.data.synthetic", "raylpclip.data.metadata",
-    "raylpclip.engine.loop", "raylpclip.engine.pretrain_task", "raylpclip.engine.evaluate",
-    "raylpclip.engine.checkpoint", "raylpclip.eval.zeroshot", "raylpclip.eval.metrics", "raylpclip.demo",
+    "raylpclip.engine.loop", "raylpclip.engine.pretrain_task", "raylpclip.eval.batch_eval",
+    "raylpclip.engine.checkpoint_state", "raylpclip.eval.zeroshot", "raylpclip.eval.metrics", "raylpclip.commands.demo",
     "raylpclip.cli",
 ]
 

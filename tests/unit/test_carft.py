@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.cli import main
 from raylpclip.config import ConfigError, OptimConfig, TrainConfig
 from raylpclip.data.decode import DataError
-from raylpclip.data.tokens import tokenize
+from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES
@@ -29,8 +29,8 @@ CONTEXTS = ["a photo of a {}.", "a blurry sketch of a {}.", "a {} in the dark."]
 
 def _batches(n: int, size: int = 6, seed: int = 0) -> list[dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [{columns.IMAGE: torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=g),
-             columns.LABEL: torch.randint(0, len(TINY_CLASSES), (size,), generator=g)} for _ in range(n)]
+    return [{batch_schema.IMAGE: torch.randint(0, 256, (size, 3, 32, 32), dtype=torch.uint8, generator=g),
+             batch_schema.LABEL: torch.randint(0, len(TINY_CLASSES), (size,), generator=g)} for _ in range(n)]
 
 
 def _setup(tiny_clip_dir, *, method: str = "carft", kl_weight: float = 1.0, trainable: str = "image",
@@ -165,7 +165,7 @@ def test_frozen_embeddings_and_head_stay_put(tiny_clip_dir):
 def test_labels_outside_the_head_are_refused(tiny_clip_dir):
     _, _, task = _setup(tiny_clip_dir)
     batch = _batches(1)[0]
-    batch[columns.LABEL][0] = len(TINY_CLASSES)
+    batch[batch_schema.LABEL][0] = len(TINY_CLASSES)
     with pytest.raises(ValueError, match="head has 3 classes"):
         task.losses(batch, step=0)
 
@@ -213,13 +213,13 @@ def test_wise_ft_refuses_different_models(tiny_clip_dir):
 
 def test_labelled_only_drops_counts_and_refills_batches():
     def batch(labels):
-        return {columns.LABEL: torch.tensor(labels), columns.IMAGE: torch.arange(len(labels))}
+        return {batch_schema.LABEL: torch.tensor(labels), batch_schema.IMAGE: torch.arange(len(labels))}
 
     dropped = []
     out = list(labelled_only(iter([batch([0, -1, 1]), batch([-1, -1, 2, 3]), batch([4, -1])]), batch_size=2,
                              on_skip=dropped.append))
-    assert [b[columns.LABEL].tolist() for b in out] == [[0, 1], [2, 3]]  # label 4 is left over: no full batch
-    assert [b[columns.IMAGE].tolist() for b in out] == [[0, 2], [2, 3]]  # images travel with their labels
+    assert [b[batch_schema.LABEL].tolist() for b in out] == [[0, 1], [2, 3]]  # label 4 is left over: no full batch
+    assert [b[batch_schema.IMAGE].tolist() for b in out] == [[0, 2], [2, 3]]  # images travel with their labels
     assert sum(dropped) == 4
     with pytest.raises(DataError, match="none with a class label"):
         list(labelled_only(iter([batch([-1] * 5)] * 3), batch_size=2, on_skip=lambda n: None, fail_after=10,
@@ -228,7 +228,7 @@ def test_labelled_only_drops_counts_and_refills_batches():
 
 def test_evaluate_classifier_by_hand():
     logits = torch.tensor([[3.0, 0.0], [0.0, 3.0], [3.0, 0.0], [1.0, 0.0]])
-    batch = {columns.IMAGE: torch.zeros(4, 3, 2, 2, dtype=torch.uint8), columns.LABEL: torch.tensor([0, 1, 1, -1])}
+    batch = {batch_schema.IMAGE: torch.zeros(4, 3, 2, 2, dtype=torch.uint8), batch_schema.LABEL: torch.tensor([0, 1, 1, -1])}
     metrics = evaluate_classifier(lambda images: logits[: images.shape[0]], [batch], device=torch.device("cpu"))
     assert metrics["acc1"] == pytest.approx(2 / 3) and metrics["eval_samples"] == 3
     assert metrics["eval_unlabelled"] == 1 and "ece" in metrics

@@ -3,7 +3,7 @@ import pickle
 import pytest
 import torch
 
-from raylpclip.engine.checkpoint import STATE_FILE, load_meta, load_state, save_state
+from raylpclip.engine.checkpoint_state import STATE_FILE, load_meta, load_state, save_state
 
 
 def test_round_trip_keeps_tensors_counters_and_rng(tmp_path):

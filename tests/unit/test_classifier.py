@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from raylpclip.config import PretrainConfig, save_config
-from raylpclip.engine.checkpoint import save_state
+from raylpclip.engine.checkpoint_state import save_state
 from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.models.clip import export_clip
 from raylpclip.models.classifier import (

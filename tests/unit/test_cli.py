@@ -35,7 +35,7 @@ def test_pretrain_requires_train_data():
 def test_tokenizer_train_from_shards_then_loads(tmp_path):
     from raylpclip.data.shards import write_shards
     from raylpclip.data.synthetic import SyntheticSpec, generate_samples
-    from raylpclip.models.tokenizer import load_tokenizer
+    from raylpclip.models.bpe_tokenizer import load_tokenizer
 
     write_shards(generate_samples(40, spec=SyntheticSpec(image_size=16), seed=1), str(tmp_path / "shards"),
                  fmt="parquet", samples_per_shard=20)

@@ -57,7 +57,7 @@ def test_round_trip_through_dict_and_saved_yaml(tmp_path):
 
 @pytest.mark.parametrize("recipe", ["pretrain.yaml", "demo.yaml"])
 def test_shipped_recipes_validate(recipe):
-    from raylpclip.demo import DemoConfig
+    from raylpclip.commands.demo import DemoConfig
 
     cls = DemoConfig if recipe == "demo.yaml" else PretrainConfig
     load_config(cls, str(REPO / "jobs" / recipe))

@@ -8,10 +8,10 @@ import os
 import numpy as np
 import pytest
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.data.decode import BatchDecoder, DataError, stable_id
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
-from raylpclip.models.tokenizer import train_tokenizer
+from raylpclip.models.bpe_tokenizer import train_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +42,18 @@ def _wds_batch(samples, metas=None):
 
 def test_webdataset_rows_decode_to_training_columns(samples, tokenizer):
     out = _decoder(tokenizer)(_wds_batch(samples))
-    assert out[columns.IMAGE].shape == (6, 3, 16, 16) and out[columns.IMAGE].dtype == np.uint8
-    assert out[columns.INPUT_IDS].shape == out[columns.ATTENTION_MASK].shape == (6, 12)
-    assert out[columns.LABEL].tolist() == [s.meta["label"] for s in samples]
-    assert len(set(out[columns.IMAGE_ID].tolist())) == 6  # no image_id: every row its own image
+    assert out[batch_schema.IMAGE].shape == (6, 3, 16, 16) and out[batch_schema.IMAGE].dtype == np.uint8
+    assert out[batch_schema.INPUT_IDS].shape == out[batch_schema.ATTENTION_MASK].shape == (6, 12)
+    assert out[batch_schema.LABEL].tolist() == [s.meta["label"] for s in samples]
+    assert len(set(out[batch_schema.IMAGE_ID].tolist())) == 6  # no image_id: every row its own image
 
 
 def test_rows_of_one_image_share_image_id(samples, tokenizer):
     metas = [{"image_id": "a.jpg"}, {"image_id": "a.jpg"}, {"image_id": "b.jpg"}]
     out = _decoder(tokenizer)(_wds_batch(samples[:3], metas))
-    ids = out[columns.IMAGE_ID].tolist()
+    ids = out[batch_schema.IMAGE_ID].tolist()
     assert ids[0] == ids[1] == stable_id("a.jpg") != ids[2]
-    assert out[columns.LABEL].tolist() == [-1, -1, -1]
+    assert out[batch_schema.LABEL].tolist() == [-1, -1, -1]
 
 
 def test_corrupt_image_and_missing_caption_are_skipped_and_counted(samples, tokenizer):
@@ -65,7 +65,7 @@ def test_corrupt_image_and_missing_caption_are_skipped_and_counted(samples, toke
     batch["jpg"][0] = float("nan")  # ... and one without a .jpg
     decoder = _decoder(tokenizer, with_keys=True)
     out = decoder(batch)
-    assert out[columns.KEY].tolist() == ["000000003"]
+    assert out[batch_schema.KEY].tolist() == ["000000003"]
     assert dict(decoder.skipped) == {"bad_image": 3, "no_caption": 2}
 
 
@@ -77,9 +77,9 @@ def test_kept_rows_hold_their_own_images_around_skipped_ones(samples, tokenizer)
     batch["jpg"][1] = b"\xff\xd8 not really a jpeg"  # decodes to nothing: row 1 goes to sample 2
     batch["txt"][3] = b""  # decodes, then skipped for its caption: its row is overwritten by sample 4
     out = _decoder(tokenizer, with_keys=True)(batch)
-    assert out[columns.KEY].tolist() == ["000000000", "000000002", "000000004", "000000005"]
+    assert out[batch_schema.KEY].tolist() == ["000000000", "000000002", "000000004", "000000005"]
     want = np.stack([eval_transform(decode_image(samples[i].jpg), size=16) for i in (0, 2, 4, 5)])
-    assert np.array_equal(out[columns.IMAGE], want)
+    assert np.array_equal(out[batch_schema.IMAGE], want)
 
 
 def test_parquet_rows_with_null_image_skip(samples, tokenizer):
@@ -92,7 +92,7 @@ def test_parquet_rows_with_null_image_skip(samples, tokenizer):
     }
     decoder = _decoder(tokenizer)
     out = decoder(batch)
-    assert out[columns.LABEL].tolist() == [3, 5] and decoder.skipped == {"bad_image": 1}
+    assert out[batch_schema.LABEL].tolist() == [3, 5] and decoder.skipped == {"bad_image": 1}
 
 
 def test_wrong_member_names_name_the_shard_and_the_keys_found(samples, tokenizer):
@@ -106,7 +106,7 @@ def test_no_usable_sample_stops_after_the_threshold(samples, tokenizer):
     batch = _wds_batch(samples)
     batch["jpg"] = np.array([b"garbage"] * 6, dtype=object)
     decoder = _decoder(tokenizer, fail_after_bad=10)
-    assert decoder(batch)[columns.IMAGE].shape == (0, 3, 16, 16)  # 6 seen: not yet
+    assert decoder(batch)[batch_schema.IMAGE].shape == (0, 3, 16, 16)  # 6 seen: not yet
     with pytest.raises(DataError, match=r"no usable sample among the first 12 .*/data/00003\.tar.*'bad_image': 12"):
         decoder(batch)
 
@@ -116,7 +116,7 @@ def test_one_good_sample_keeps_the_run_going(samples, tokenizer):
     batch["jpg"] = np.array([samples[0].jpg] + [b"garbage"] * 5, dtype=object)
     decoder = _decoder(tokenizer, fail_after_bad=4)
     for _ in range(3):
-        assert decoder(batch)[columns.IMAGE].shape[0] == 1
+        assert decoder(batch)[batch_schema.IMAGE].shape[0] == 1
     assert decoder.skipped == {"bad_image": 15}
 
 
@@ -124,7 +124,7 @@ def test_one_good_sample_keeps_the_run_going(samples, tokenizer):
 def test_decode_actors_tokenize_on_their_own_cpu_unless_the_user_says_otherwise(tokenizer, monkeypatch, actor):
     """A decode actor reserves one CPU; a fast tokenizer would batch-encode on every core of the machine."""
     from raylpclip.data.views import ViewDecoder
-    from raylpclip.runtime.datasets import CountingDecoder
+    from raylpclip.runtime.data.decode_pool import CountingDecoder
 
     def make():
         if actor == "training batches":

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from raylpclip import columns
-from raylpclip.engine.evaluate import retrieval_evaluate
+from raylpclip import batch_schema
+from raylpclip.eval.batch_eval import retrieval_evaluate
 
 
 class _Tower(torch.nn.Module):
@@ -24,12 +24,12 @@ def _batch(image_values, tokens, weights, image_ids):
     n = len(image_values)
     images = torch.zeros(n, 3, 2, 2, dtype=torch.uint8)
     images[:, 0, 0, 0] = torch.tensor(image_values, dtype=torch.uint8)
-    return {columns.IMAGE: images, columns.INPUT_IDS: torch.tensor(tokens),
-            columns.ATTENTION_MASK: torch.tensor(weights), columns.IMAGE_ID: torch.tensor(image_ids)}
+    return {batch_schema.IMAGE: images, batch_schema.INPUT_IDS: torch.tensor(tokens),
+            batch_schema.ATTENTION_MASK: torch.tensor(weights), batch_schema.IMAGE_ID: torch.tensor(image_ids)}
 
 
 def test_rows_sharing_an_image_id_are_one_image(monkeypatch):
-    monkeypatch.setattr("raylpclip.engine.evaluate.normalize_images", lambda x: x)
+    monkeypatch.setattr("raylpclip.eval.batch_eval.normalize_images", lambda x: x)
     # Images 1 and 2 with two captions each, image 3 with one, spread over two batches. Image 3's
     # caption reads mostly like image 1 (0.5 e1 + 0.3 e3): wrong for image retrieval, yet still the
     # caption closest to image 3.

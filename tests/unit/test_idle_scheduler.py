@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from raylpclip.runtime import idle_scheduler
+from raylpclip.runtime.cluster import idle_scheduler
 
 
 class FakeClock:
@@ -140,7 +140,7 @@ def test_the_setup_hook_waits_for_ray_datas_import():
     """A worker process that never runs Ray Data does not import it; one that does gets the paced loop."""
     code = (
         "import sys\n"
-        "from raylpclip.runtime import idle_scheduler as m\n"
+        "from raylpclip.runtime.cluster import idle_scheduler as m\n"
         "m.setup_hook()\n"
         "print(m.EXECUTOR in sys.modules)\n"
         "import ray.data\n"

@@ -7,7 +7,7 @@ import torch
 
 from raylpclip.models.classifier import load_encoder, zeroshot_head
 from raylpclip.models.clip import normalize_images
-from raylpclip.runtime.inference import Encoder, stack_heads
+from raylpclip.runtime.data.batch_inference import Encoder, stack_heads
 from tests.conftest import TINY_CLASSES
 
 

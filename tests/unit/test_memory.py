@@ -205,7 +205,7 @@ def test_compile_switch_trains_like_eager():
 
 
 def test_build_training_applies_the_switches(tmp_path):
-    from raylpclip.models.tokenizer import train_tokenizer
+    from raylpclip.models.bpe_tokenizer import train_tokenizer
 
     tok = train_tokenizer(["a red circle", "a blue square"] * 10, vocab_size=300, out_dir=str(tmp_path))
     cfg = PretrainConfig(model=ModelConfig(overrides=SMALL), train=TrainConfig(

@@ -7,10 +7,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from raylpclip import columns
-from raylpclip.runtime.position import (PositionTracker, RangeSet, SourcePosition, dumps, files_fingerprint, loads,
+from raylpclip import batch_schema
+from raylpclip.data.stream_position import (PositionTracker, RangeSet, SourcePosition, dumps, files_fingerprint, loads,
                                         merge, pack, shard_of)
-from raylpclip.runtime.positioned import _Positions, path_key
+from raylpclip.runtime.data.shard_reader import _Positions, path_key
 
 
 def test_rangeset_from_positions_by_hand():
@@ -82,10 +82,10 @@ def test_reader_positions_rows_and_skips_consumed_ones():
     # pyarrow hands the reader `bucket/data/00001.tar` (no scheme): the same shard, ordinal 1.
     out = list(reader._positioned(iter(blocks), "bucket/data/00001.tar"))
     assert [t.column("__key__").to_pylist() for t in out] == [["k3"], ["k4", "k6"]]
-    assert [t.column(columns.POSITION).to_pylist() for t in out] == [
+    assert [t.column(batch_schema.POSITION).to_pylist() for t in out] == [
         [2**32 + 3], [2**32 + 4, 2**32 + 6]]
     untouched = list(reader._positioned(iter(blocks[:1]), "/bucket/data/00000.tar"))
-    assert untouched[0].column(columns.POSITION).to_pylist() == [0, 1, 2, 3]
+    assert untouched[0].column(batch_schema.POSITION).to_pylist() == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="not in this source's file list"):
         list(reader._positioned(iter(blocks), "bucket/other/00000.tar"))
     assert path_key("s3://b/k/x.tar") == path_key("b/k/x.tar") == path_key("/b/k/x.tar")
@@ -94,7 +94,7 @@ def test_reader_positions_rows_and_skips_consumed_ones():
 def test_parquet_reader_positions_rows_in_file_order(tmp_path):
     import pyarrow.parquet as pq
 
-    from raylpclip.runtime.positioned import PositionedParquet
+    from raylpclip.runtime.data.shard_reader import PositionedParquet
 
     path = tmp_path / "00001.parquet"
     pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(600)], "txt": ["x"] * 600}), path, row_group_size=250)
@@ -104,5 +104,5 @@ def test_parquet_reader_positions_rows_in_file_order(tmp_path):
         tables = list(reader._read_stream(pa.PythonFile(f, mode="r"), str(path)))
     keys = [k for t in tables for k in t.column("key").to_pylist()]
     assert keys == [f"{i:04d}" for i in range(300, 600)]
-    assert [p - 2**32 for t in tables for p in t.column(columns.POSITION).to_pylist()] == list(range(300, 600))
+    assert [p - 2**32 for t in tables for p in t.column(batch_schema.POSITION).to_pylist()] == list(range(300, 600))
     assert {p for t in tables for p in t.column("path").to_pylist()} == {str(path)}

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.eval.calibration import robustness_metrics
 from raylpclip.models.classifier import Classifier
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime.robustness import EvalOutput, _classification, report, summary_table
+from raylpclip.runtime.data.robustness_eval import EvalOutput, _classification, report, summary_table
 
 
 def _rows():
@@ -36,7 +36,7 @@ def test_summary_table_means_over_corrupted_views():
 def test_classification_rows_use_each_heads_logits():
     labels = np.array([0, 1, 2, 1])
     logits = np.random.default_rng(0).normal(size=(4, 2, 3)).astype(np.float32)
-    parts = {columns.LABEL: [labels], "logits_clean": [logits], "logits_fog@1": [logits[:, ::-1].copy()]}
+    parts = {batch_schema.LABEL: [labels], "logits_clean": [logits], "logits_fog@1": [logits[:, ::-1].copy()]}
     members = {"x": Classifier("e", LinearProbe(4, 3), ["p", "q", "r"], "zeroshot"),
                "y": Classifier("e", LinearProbe(4, 3), ["p", "q", "r"], "lpclip")}
     rows, bins = _classification(members, parts, ["clean", "fog@1"], n_bins=15)
@@ -45,7 +45,7 @@ def test_classification_rows_use_each_heads_logits():
     assert by_key[("y", "clean")]["ece"] == pytest.approx(expected["ece"])
     assert by_key[("x", "fog@1")]["acc1"] == pytest.approx(expected["acc1"])  # views swapped the heads
     assert set(bins) == {"x", "y"}
-    parts[columns.LABEL] = [np.array([0, -1, 2, 1])]
+    parts[batch_schema.LABEL] = [np.array([0, -1, 2, 1])]
     with pytest.raises(ValueError, match="1 test images have no `label`"):
         _classification(members, parts, ["clean"], n_bins=15)
 

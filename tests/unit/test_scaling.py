@@ -14,8 +14,8 @@ import pytest
 
 from raylpclip.config import ConfigError, save_config
 from raylpclip.data.shards import resolve_shards
-from raylpclip.runtime import scaling_report as report
-from raylpclip.runtime.scaling import (Point, finished_summary, load_scaling, plan_points, select_shards,
+from raylpclip.experiments import scaling_report as report
+from raylpclip.experiments.scaling_plan import (Point, finished_summary, load_scaling, plan_points, select_shards,
                                        shard_pattern)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,7 +117,7 @@ def test_base_then_inline_then_command_line(tmp_path):
     exp = load_scaling(path, ["train.batch_size=32", "scaling.methods.psd.psd.a_max=0.3", "scaling.fractions=[0.5,1.0]"])
     assert (exp.base.train.steps, exp.base.train.batch_size, exp.base.psd.ramp) == (300, 32, "cosine")
     assert exp.section.fractions == [0.5, 1.0]
-    from raylpclip.runtime.scaling import method_config
+    from raylpclip.experiments.scaling_plan import method_config
     assert method_config(exp, "psd").psd.a_max == 0.3 and method_config(exp, "clip").psd.a_max == 0.0
 
 

@@ -21,7 +21,7 @@ from raylpclip.data.sample import Sample
 from raylpclip.data.shards import write_shard
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.data.tarstream import group_samples, readable_members
-from raylpclip.models.tokenizer import train_tokenizer
+from raylpclip.models.bpe_tokenizer import train_tokenizer
 
 REPO = Path(__file__).resolve().parents[2]
 

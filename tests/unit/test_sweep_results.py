@@ -7,8 +7,8 @@ import csv
 import pytest
 from PIL import Image
 
-from raylpclip import sweep_results as sr
-from raylpclip.sweep_space import Dim
+from raylpclip.experiments import sweep_results as sr
+from raylpclip.experiments.sweep_space import Dim
 
 DIMS = [Dim("optim.lr", "loguniform", [1e-4, 1e-2]), Dim("psd.a_max", "choice", [0.0, 0.5])]
 

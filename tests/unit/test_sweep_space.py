@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from raylpclip.config import ConfigError, PretrainConfig, load_config, save_config
-from raylpclip.sweep_space import (Dim, asha_settings, check_key, check_same_sweep, corner_configs, load_sweep,
+from raylpclip.experiments.sweep_space import (Dim, asha_settings, check_key, check_same_sweep, corner_configs, load_sweep,
                                    max_concurrent, override, parse_value, sweep_plan, trial_config, trial_need)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raylpclip.data.tokens import _encode, text_encoder, tokenize
-from raylpclip.models.tokenizer import clip_tokenizer_from_bpe, load_tokenizer, train_tokenizer
+from raylpclip.data.tokenization import _encode, text_encoder, tokenize
+from raylpclip.models.bpe_tokenizer import clip_tokenizer_from_bpe, load_tokenizer, train_tokenizer
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 CLIP_BPE = DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
@@ -136,8 +136,8 @@ def test_decode_actor_modules_load_the_encoder_without_transformers(trained, tmp
     blob = tmp_path / "encoder.pkl"
     blob.write_bytes(pickle.dumps(text_encoder(tok)))
     code = ("import pickle, sys\n"
-            "import raylpclip.runtime.datasets, raylpclip.data.views\n"
-            "from raylpclip.data.tokens import tokenize\n"
+            "import raylpclip.runtime.data.decode_pool, raylpclip.data.views\n"
+            "from raylpclip.data.tokenization import tokenize\n"
             f"encoder = pickle.loads(open({str(blob)!r}, 'rb').read())\n"
             "print(tokenize(encoder, ['a cat'], context_length=8)['input_ids'][0].tolist(),"
             " [m for m in ('torch', 'transformers') if m in sys.modules])")

@@ -20,18 +20,18 @@ from raylpclip.config import ConfigError, save_config, to_dict
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shards import resolve_shards
 from raylpclip.data.storage import configure_s3
-from raylpclip.engine.checkpoint import load_state
+from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.methods.carft import context_scale, context_weights, wise_ft
 from raylpclip.methods.finetune_config import FinetuneConfig
 from raylpclip.methods.finetune_model import ImageClassifier, ImageEncoder, evaluate_classifier
 from raylpclip.models.classifier import (context_length, load_classifier, load_encoder, save_classifier,
                                          zeroshot_head)
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime import skips
-from raylpclip.runtime.datasets import eval_dataset, train_datasets
-from raylpclip.runtime.finetune_worker import finetune_worker
-from raylpclip.runtime.pretrain import fit, inspect_train_data
-from raylpclip.runtime.session import ensure_ray
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.data.decode_pool import eval_dataset, train_datasets
+from raylpclip.runtime.train.finetune_worker import finetune_worker
+from raylpclip.runtime.train.pretrain_driver import fit, inspect_train_data
+from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 TRAIN_KEYS = ("step", "samples_seen", "loss", "ce_loss", "kl_loss", "context_kl", "train_acc1", "epoch",
@@ -154,7 +154,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
           f"of {cfg.train.batch_size}, trainable {cfg.trainable}{' + head' if cfg.train_head else ''}", flush=True)
 
     ensure_ray(cfg.ray)
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=tokenizer, classnames=classnames,
                             train_samples=data.samples, counter=counter)
     result = fit(trainer, cfg.name)
@@ -177,7 +177,7 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
             for name, m in ident.items()},
         samples_per_s=metrics.get("train_samples_per_s"), wall_s=time.perf_counter() - start_time,
         run_dir=str(run_dir.resolve()), checkpoint=result.checkpoint.path, train_samples=data.samples,
-        skipped=skips.totals(counter),
+        skipped=counters.totals(counter),
     )
     for name, m in ident.items():
         summary[f"{name}_acc1"] = m["acc1"]

@@ -13,8 +13,8 @@ from raylpclip.config import DataConfig, S3Config, SourceConfig
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.shards import resolve_shards
 from raylpclip.data.storage import arrow_filesystem
-from raylpclip.data.tokens import text_encoder, tokenize_on_one_thread
-from raylpclip.runtime.webdataset import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
+from raylpclip.data.tokenization import text_encoder, tokenize_on_one_thread
+from raylpclip.runtime.data.webdataset_source import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
 
 
 # Shards per decode actor from which a source's shards are read inside the decode actors: each actor
@@ -103,7 +103,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
         CountingDecoder,
         fn_constructor_kwargs=dict(
             # Not the HF tokenizer itself: unpickling it imports transformers and torch in every actor
-            # at every epoch's start (see data/tokens.py).
+            # at every epoch's start (see data/tokenization.py).
             tokenizer=text_encoder(tokenizer), image_size=cfg.image_size, context_length=cfg.context_length,
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
             fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice,

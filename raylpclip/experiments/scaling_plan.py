@@ -27,7 +27,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from raylpclip.config import ConfigError, PretrainConfig, to_dict, validate
 from raylpclip.data.shards import read_stats, resolve_shards
-from raylpclip.runtime import scaling_report as report
+from raylpclip.experiments import scaling_report as report
 from raylpclip.summary import write_summary
 
 DEFAULT_METHODS = {"clip": {"psd.a_max": 0.0}, "psd": {"psd.a_max": 0.5}}
@@ -51,7 +51,7 @@ class ScalingSection:
 class ScalingExperiment:
     base: DictConfig  # the structured PretrainConfig every point starts from
     section: ScalingSection
-    synthetic: Any = None  # raylpclip.demo.SyntheticDataConfig, or None for shards on disk
+    synthetic: Any = None  # raylpclip.commands.demo.SyntheticDataConfig, or None for shards on disk
 
     @property
     def name(self) -> str:
@@ -115,7 +115,7 @@ def load_scaling(path: str | None, overrides: Sequence[str] = ()) -> ScalingExpe
     """Merge `base:` <- the YAML's own pretraining keys <- command-line `key=value` into a PretrainConfig
     (kept as a structured DictConfig so each method's overrides apply on top), plus the scaling and
     synthetic sections. Fails with ConfigError naming the key."""
-    from raylpclip.demo import SyntheticDataConfig
+    from raylpclip.commands.demo import SyntheticDataConfig
 
     try:
         raw = _load_yaml(path, "") if path else OmegaConf.create({})
@@ -348,7 +348,7 @@ def finished_summary(point: Point) -> Optional[dict]:
 def _prepare_synthetic(exp: ScalingExperiment) -> None:
     """Generate the demo's procedural shards once into `<experiment>/data` and point the base config at them."""
     from raylpclip.data.synthetic import SyntheticSpec, class_names
-    from raylpclip.demo import write_synthetic
+    from raylpclip.commands.demo import write_synthetic
 
     syn = exp.synthetic
     train_dir, eval_dir = write_synthetic(syn, exp.out_dir / "data")
@@ -367,7 +367,7 @@ def _log(message: str) -> None:
 def run_scaling(exp: ScalingExperiment) -> dict:
     """Run (or resume) every point, rewriting results.csv, scaling.png and summary.json after each one,
     so a long experiment can be watched and a cut-short one still leaves its table."""
-    from raylpclip.runtime.pretrain import run_pretrain  # Ray is imported only when points run
+    from raylpclip.runtime.train.pretrain_driver import run_pretrain  # Ray is imported only when points run
 
     start = time.perf_counter()
     out = exp.out_dir

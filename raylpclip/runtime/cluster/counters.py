@@ -26,7 +26,7 @@ class SkipCounter:
 
 
 def new_counter():
-    # On the head node: a worker node lost mid-run (see runtime/node_drill.py) must not take the counts
+    # On the head node: a worker node lost mid-run (see tests/drills/node_drill.py) must not take the counts
     # along, and the head holds the cluster's GCS, so a run cannot outlive it anyway. (The driver's own
     # node is not enough: a driver on a machine with several nodes may be attached to any of them.)
     # Pinned (not soft): a soft affinity was seen to land on a worker node of the node drill.

@@ -6,7 +6,7 @@ from typing import Iterable
 
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.engine.loop import autocast
 from raylpclip.eval.metrics import classification_metrics, retrieval_metrics
 from raylpclip.models.clip import normalize_images
@@ -21,11 +21,11 @@ def zeroshot_evaluate(tower, classifier: torch.Tensor, batches: Iterable[dict[st
     logits, labels = [], []
     try:
         for batch in batches:
-            images = normalize_images(batch[columns.IMAGE].to(device))
+            images = normalize_images(batch[batch_schema.IMAGE].to(device))
             with autocast(precision, device):
                 feats = tower.encode_image(images)
             logits.append(feats.float() @ classifier.to(device).T)
-            labels.append(batch[columns.LABEL].to(device))
+            labels.append(batch[batch_schema.LABEL].to(device))
     finally:
         tower.train(was_training)
     if not logits:
@@ -48,12 +48,12 @@ def retrieval_evaluate(tower, batches: Iterable[dict[str, torch.Tensor]], *, dev
     image_feats, text_feats, image_ids = [], [], []
     try:
         for batch in batches:
-            images = normalize_images(batch[columns.IMAGE].to(device))
+            images = normalize_images(batch[batch_schema.IMAGE].to(device))
             with autocast(precision, device):
                 image_feats.append(tower.encode_image(images).float())
-                text_feats.append(tower.encode_text(batch[columns.INPUT_IDS].to(device),
-                                                    batch[columns.ATTENTION_MASK].to(device)).float())
-            image_ids.append(batch[columns.IMAGE_ID])
+                text_feats.append(tower.encode_text(batch[batch_schema.INPUT_IDS].to(device),
+                                                    batch[batch_schema.ATTENTION_MASK].to(device)).float())
+            image_ids.append(batch[batch_schema.IMAGE_ID])
     finally:
         tower.train(was_training)
     if not text_feats:

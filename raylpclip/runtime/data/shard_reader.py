@@ -20,13 +20,13 @@ import ray
 from ray.data import Dataset, FileShuffleConfig
 from ray.data.datasource import FileBasedDatasource
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import DataConfig, S3Config
 from raylpclip.data.shards import _stats_path
 from raylpclip.data.storage import arrow_filesystem
-from raylpclip.runtime.datasets import ReadPlan, decoded, read_plan
-from raylpclip.runtime.position import RangeSet, pack, shard_of
-from raylpclip.runtime.webdataset import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
+from raylpclip.runtime.data.decode_pool import ReadPlan, decoded, read_plan
+from raylpclip.data.stream_position import RangeSet, pack, shard_of
+from raylpclip.runtime.data.webdataset_source import ROWS_PER_BLOCK, TolerantWebDatasetDatasource
 
 
 def path_key(path: str) -> str:
@@ -49,7 +49,7 @@ class _Positions:
         for table in blocks:
             positions = pack(ordinal, np.arange(row, row + table.num_rows))
             row += table.num_rows
-            table = table.append_column(columns.POSITION, pa.array(positions, pa.int64()))
+            table = table.append_column(batch_schema.POSITION, pa.array(positions, pa.int64()))
             if self._skip is not None:
                 table = table.filter(pa.array(~self._skip.contains(positions)))
             if table.num_rows:

@@ -15,11 +15,11 @@ import ray.train
 import torch
 from safetensors.torch import save_file
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.methods.lpclip import Collective, LPCLIPConfig, self_train, supervised_probe
-from raylpclip.runtime.faults import Probe
-from raylpclip.runtime.inference import FEATURE_PREFIX
-from raylpclip.runtime.pretrain_worker import progress, quiet_report_logs
+from raylpclip.runtime.train.worker_trace import WorkerTrace
+from raylpclip.runtime.data.batch_inference import FEATURE_PREFIX
+from raylpclip.runtime.train.pretrain_worker import progress, quiet_report_logs
 
 HEADS_FILE = "heads.safetensors"
 
@@ -28,7 +28,7 @@ def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
     """This worker's rows of the feature dataset as in-memory tensors (features are small: N x D), in
     `image_id` order: Ray Data's parallel reads deliver rows in any order, and the probe's shuffling
     seed should give the same probe from the same rows."""
-    names = [FEATURE_PREFIX + "weak", FEATURE_PREFIX + "strong", columns.IMAGE_ID] + ([columns.LABEL] if with_labels else [])
+    names = [FEATURE_PREFIX + "weak", FEATURE_PREFIX + "strong", batch_schema.IMAGE_ID] + ([batch_schema.LABEL] if with_labels else [])
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     for batch in shard.iter_torch_batches(batch_size=4096):
         for n in names:
@@ -36,12 +36,12 @@ def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
     if not parts[names[0]]:
         raise RuntimeError("this probe worker received no feature rows; use fewer workers than feature rows")
     data = {n: torch.cat(v) for n, v in parts.items()}
-    order = torch.argsort(data.pop(columns.IMAGE_ID), stable=True)
+    order = torch.argsort(data.pop(batch_schema.IMAGE_ID), stable=True)
     return {n: v[order] for n, v in data.items()}
 
 
-def probe_worker(loop_config: dict, *, fault_probe: str | None = None) -> None:
-    """`fault_probe`: a directory for fault drills (runtime/faults.py; a test binds it with
+def probe_worker(loop_config: dict, *, trace_dir: str | None = None) -> None:
+    """`trace_dir`: a directory for fault drills (runtime/train/worker_trace.py; a test binds it with
     functools.partial): the worker writes its pid marker there once its features are in memory, so
     a drill can kill it while it trains rather than while it reads."""
     quiet_report_logs()
@@ -50,7 +50,7 @@ def probe_worker(loop_config: dict, *, fault_probe: str | None = None) -> None:
     world, rank = context.get_world_size(), context.get_world_rank()
     supervised = loop_config["supervised"]
     data = load_shard(ray.train.get_dataset_shard("train"), with_labels=supervised)
-    Probe.from_config(fault_probe, rank=rank, world=world, start_step=0, accum_steps=1)
+    WorkerTrace.from_dir(trace_dir, rank=rank, world=world, start_step=0, accum_steps=1)
     weak, strong = data[FEATURE_PREFIX + "weak"].float(), data[FEATURE_PREFIX + "strong"].float()
     weights = torch.as_tensor(loop_config["zeroshot_weights"]).float()
     cfg = LPCLIPConfig(**loop_config["lpclip"])
@@ -66,7 +66,7 @@ def probe_worker(loop_config: dict, *, fault_probe: str | None = None) -> None:
         progress(f"[raylpclip] LP-CLIP round {result.round} (teacher: {result.teacher}) trained on "
                  f"{result.coverage:.1%} of the samples")
     if supervised:
-        heads["supervised"] = supervised_probe(strong, data[columns.LABEL], local, init_weights=weights,
+        heads["supervised"] = supervised_probe(strong, data[batch_schema.LABEL], local, init_weights=weights,
                                                collective=collective)
         progress("[raylpclip] supervised reference probe trained")
     if rank != 0:

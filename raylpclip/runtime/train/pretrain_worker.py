@@ -19,18 +19,19 @@ import torch
 from raylpclip.config import PretrainConfig, from_dict
 from raylpclip.data.mixing import mix_batches
 from raylpclip.data.storage import take_failed_uploads
-from raylpclip.engine.checkpoint import CheckpointError, load_state, save_state
-from raylpclip.engine.evaluate import retrieval_evaluate, zeroshot_evaluate
+from raylpclip.engine.checkpoint_state import CheckpointError, load_state, save_state
+from raylpclip.eval.batch_eval import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.clock import clocked
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
 from raylpclip.engine.setup import build_training
 from raylpclip.eval.zeroshot import zeroshot_classifier
-from raylpclip.runtime import position, skips
-from raylpclip.runtime.checkpoints import choose
-from raylpclip.runtime.faults import Probe
-from raylpclip.runtime.train_streams import TrainStreams, shard_batches
-from raylpclip.runtime.worker_setup import ddp_wrap, report_checkpoint
+from raylpclip.data import stream_position
+from raylpclip.runtime.cluster import counters
+from raylpclip.engine.checkpoint_choice import choose
+from raylpclip.runtime.train.worker_trace import WorkerTrace
+from raylpclip.runtime.data.batch_stream import TrainStreams, shard_batches
+from raylpclip.runtime.train.worker_setup import ddp_wrap, report_checkpoint
 
 POSITION_FILE = "data_position.json"
 
@@ -92,8 +93,8 @@ class RayHooks:
         if self.train_samples:
             metrics["epoch"] = state.samples_seen / self.train_samples
         if self.rank == 0:
-            metrics.update({f"skipped_{k}": v for k, v in skips.totals(self.counter).items()})
-            metrics.update(skips.totals(self.storage_counter))
+            metrics.update({f"skipped_{k}": v for k, v in counters.totals(self.counter).items()})
+            metrics.update(counters.totals(self.storage_counter))
             self._print(state, metrics)
         # Every worker takes part in gathering the data position (a collective), rank 0 saves it.
         positions = self.streams.checkpoint_positions() if save and self.streams is not None else None
@@ -119,7 +120,7 @@ class RayHooks:
         return zeroshot_evaluate(tower, classifier, batches, device=self.device, precision=self.cfg.train.precision)
 
     def _save(self, state: LoopState, directory: str, positions: list | None = None) -> None:
-        extra = {POSITION_FILE: position.dumps(positions, step=state.step)} if positions is not None else None
+        extra = {POSITION_FILE: stream_position.dumps(positions, step=state.step)} if positions is not None else None
         save_state(directory, state={
             "task": self.task.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "step": state.step, "samples_seen": state.samples_seen,
@@ -147,12 +148,12 @@ class RayHooks:
 @dataclass
 class Restored:
     state: LoopState
-    positions: list | None = None  # the data position saved with the checkpoint (runtime/position.py)
+    positions: list | None = None  # the data position saved with the checkpoint (data/stream_position.py)
     path: str | None = None
 
 
 def restore_run(task: PretrainTask, optimizer, scheduler, *, run: tuple | None = None, say=None) -> Restored:
-    """Load the run's newest complete checkpoint (runtime/checkpoints.py): usually Ray's latest, but
+    """Load the run's newest complete checkpoint (engine/checkpoint_choice.py): usually Ray's latest, but
     past a damaged one, or a complete one Ray never registered; what was skipped goes to `say`.
     `run`: (filesystem or None for local, run directory path), from the driver."""
     latest = ray.train.get_checkpoint()
@@ -167,7 +168,7 @@ def restore_run(task: PretrainTask, optimizer, scheduler, *, run: tuple | None =
         with ray.train.Checkpoint(path, fs).as_directory() as directory:
             state = load_state(directory)
             pos_file = Path(directory) / POSITION_FILE
-            return state, (position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None)
+            return state, (stream_position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None)
 
     chosen = choose(fs, run_path, registered=latest.path if latest is not None else None, load=load,
                     warn=say or (lambda line: None))
@@ -211,7 +212,7 @@ def pretrain_worker(loop_config: dict) -> None:
 
     device = ray.train.torch.get_device()
     # Model, optimizer, schedule and task with the train.* switches (engine/setup.py), DDP options from
-    # train.ddp_bucket_cap_mb (runtime/worker_setup.py).
+    # train.ddp_bucket_cap_mb (runtime/train/worker_setup.py).
     t = build_training(cfg, tokenizer=tokenizer, rank=rank, device=device, wrap=ddp_wrap(cfg.train))
     optimizer, scheduler, task = t.optimizer, t.scheduler, t.task
     say = progress if rank == 0 else (lambda line: None)
@@ -224,11 +225,11 @@ def pretrain_worker(loop_config: dict) -> None:
         say(f"[raylpclip] training with {world} workers (elastic {loop_config['elastic']})")
 
     micro = cfg.train.batch_size // (world * cfg.optim.accum_steps)
-    probe = Probe.from_config(loop_config.get("probe"), rank=rank, world=world, start_step=state.step,
+    trace = WorkerTrace.from_dir(loop_config.get("trace"), rank=rank, world=world, start_step=state.step,
                               accum_steps=cfg.optim.accum_steps)
     streams = TrainStreams(cfg, files=loop_config["train_files"], formats=loop_config["train_formats"],
                            tokenizer=tokenizer, restored=restored.positions, counter=loop_config.get("counter"),
-                           probe=probe, filesystems=loop_config.get("train_filesystems"), say=say)
+                           trace=trace, filesystems=loop_config.get("train_filesystems"), say=say)
     batches = streams.batches(micro)
     hooks = RayHooks(task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, tokenizer=tokenizer,
                      classnames=loop_config["classnames"], device=device, start=state,

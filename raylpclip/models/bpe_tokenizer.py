@@ -1,5 +1,5 @@
 """Tokenizers: a byte-level BPE trained on our captions, and OpenAI's CLIP BPE rebuilt offline.
-Fixed-length tokenisation (which always keeps the EOS token) is in data/tokens.py."""
+Fixed-length tokenisation (which always keeps the EOS token) is in data/tokenization.py."""
 
 from __future__ import annotations
 

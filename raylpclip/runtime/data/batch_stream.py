@@ -29,17 +29,17 @@ import ray.train
 import torch
 from ray.data.block import BlockAccessor
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import PretrainConfig
 from raylpclip.data.mixing import mix_batches
 from raylpclip.data.shuffle import shuffled
 from raylpclip.distributed import gather_objects
-from raylpclip.runtime.position import PositionTracker, SourcePosition, files_fingerprint, merge
-from raylpclip.runtime.positioned import train_source
+from raylpclip.data.stream_position import PositionTracker, SourcePosition, files_fingerprint, merge
+from raylpclip.runtime.data.shard_reader import train_source
 
 
 def source_names(n: int) -> list[str]:
-    """Ray Train dataset names of the training sources (see runtime/pretrain.py build_trainer)."""
+    """Ray Train dataset names of the training sources (see runtime/train/pretrain_driver.py build_trainer)."""
     return ["train"] if n == 1 else [f"train_{i}" for i in range(n)]
 
 
@@ -47,12 +47,12 @@ class TrainStreams:
     """The batches of one Train worker and the bookkeeping of what they consumed."""
 
     def __init__(self, cfg: PretrainConfig, *, files: list[list[str]], formats: list[str], tokenizer,
-                 restored: list[SourcePosition] | None, counter=None, probe=None, filesystems: list | None = None,
+                 restored: list[SourcePosition] | None, counter=None, trace=None, filesystems: list | None = None,
                  say: Callable[[str], None] = print):
         ctx = ray.train.get_context()
         self.cfg, self.files, self.formats, self.tokenizer, self.counter = cfg, files, formats, tokenizer, counter
         self.filesystems = filesystems or [None] * len(files)  # the driver's (see positioned.read_positioned)
-        self.rank, self.world, self.probe, self.say = ctx.get_world_rank(), ctx.get_world_size(), probe, say
+        self.rank, self.world, self.trace, self.say = ctx.get_world_rank(), ctx.get_world_size(), trace, say
         self.names = source_names(len(files))
         self.positions = self._start_positions(restored)
         self.trackers = [PositionTracker(p) for p in self.positions]
@@ -116,12 +116,12 @@ class TrainStreams:
         produced = 0
         for batch in shard_batches(shard, micro_batch=micro_batch, buffer=self.cfg.data.shuffle_buffer,
                                    seed=self.cfg.data.shuffle_seed + self.trackers[i].epoch):
-            positions = batch.pop(columns.POSITION, None)
+            positions = batch.pop(batch_schema.POSITION, None)
             if positions is not None:
                 # Yielded means consumed: the loop asks for a batch only to train on it right away.
                 self.trackers[i].consumed(positions.numpy())
-                if self.probe is not None:
-                    self.probe.consumed(i, self.trackers[i].epoch, positions)
+                if self.trace is not None:
+                    self.trace.consumed(i, self.trackers[i].epoch, positions)
             produced += 1
             yield batch
         return produced

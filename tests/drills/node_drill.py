@@ -3,10 +3,10 @@ resource that each node offers once (so one worker lands on each), and the secon
 the run's checkpoint of a given step has reached storage. With an elastic worker group (train.min_workers) the run goes on with
 the workers that still fit; the progress lines say with how many.
 
-    python -m raylpclip.runtime.node_drill RESULT.json CHECKPOINT_STEP key=value ...
+    python -m tests.drills.node_drill RESULT.json CHECKPOINT_STEP key=value ...
 
 runs `raylpclip pretrain` with the given overrides (plus ray.address of the drill cluster and the
-worker resource) and writes a JSON result: the summary, the probe records' numbers and how many
+worker resource) and writes a JSON result: the summary, the trace records' numbers and how many
 workers trained before and after the loss. Every node listens on 127.0.0.1 only.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 def _cluster(head_cpus: int, node_cpus: int):
     from ray.cluster_utils import Cluster
 
-    from raylpclip.runtime.session import dashboard_port, loopback_node
+    from raylpclip.runtime.cluster.session import dashboard_port, loopback_node
 
     with loopback_node():
         cluster = Cluster(initialize_head=True, head_node_args={
@@ -44,11 +44,12 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
     import ray
 
     from raylpclip.config import PretrainConfig, load_config
-    from raylpclip.runtime.faults import PROBE_ENV, ProbeRecords, persisted_steps, wait_for
-    from raylpclip.runtime.pretrain import run_pretrain
-    from raylpclip.runtime.session import loopback_node
+    from tests.drills.checkpoint_damage import persisted_steps
+    from tests.drills.worker_kills import TRACE_ENV, TraceRecords, wait_for
+    from raylpclip.runtime.train.pretrain_driver import run_pretrain
+    from raylpclip.runtime.cluster.session import loopback_node
 
-    probe = os.environ.setdefault(PROBE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
+    probe = os.environ.setdefault(TRACE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
     cluster, node = _cluster(head_cpus, node_cpus)
     removed: dict = {}
 
@@ -56,10 +57,10 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
 
     def remove_when_past_step():
         def on_node():  # a worker trains on the doomed node, and the checkpoint has reached storage
-            records = ProbeRecords.read(probe)
+            records = TraceRecords.read(probe)
             return checkpoint_step in persisted_steps(run_dir) and any(w["node"] == node.node_id for w in records.workers)
         wait_for(on_node, timeout=900, what=f"checkpoint {checkpoint_step} with a worker on the second node")
-        removed.update(step=ProbeRecords.read(probe).max_step(), time=time.time())
+        removed.update(step=TraceRecords.read(probe).max_step(), time=time.time())
         print(f"[drill] removing node {node.node_id[:8]} after step {removed['step']}", flush=True)
         cluster.remove_node(node, allow_graceful=False)
 
@@ -73,7 +74,7 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
     finally:
         ray.shutdown()
         cluster.shutdown()
-    records = ProbeRecords.read(probe)
+    records = TraceRecords.read(probe)
     result = {"summary": summary, "removed_after_step": removed.get("step"), "replayed": records.replayed(),
               "worker_starts": [{k: w[k] for k in ("rank", "world", "start_step")} for w in records.workers]}
     Path(result_path).write_text(json.dumps(result, indent=2, default=str))

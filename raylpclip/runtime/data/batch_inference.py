@@ -17,16 +17,16 @@ import ray
 import torch
 from ray.data import Dataset
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import DataConfig
 from raylpclip.data.shards import resolve_shards
-from raylpclip.data.tokens import text_encoder
+from raylpclip.data.tokenization import text_encoder
 from raylpclip.data.views import IMAGE_PREFIX, ViewDecoder
 from raylpclip.engine.loop import autocast
 from raylpclip.models.classifier import load_encoder
 from raylpclip.models.clip import normalize_images
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime.datasets import read_shards
+from raylpclip.runtime.data.decode_pool import read_shards
 
 FEATURE_PREFIX = "feat_"
 LOGITS_PREFIX = "logits_"
@@ -76,7 +76,7 @@ class Encoder:
     @torch.no_grad()
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out = {k: v for k, v in batch.items()
-               if not k.startswith(IMAGE_PREFIX) and k not in (columns.INPUT_IDS, columns.ATTENTION_MASK)}
+               if not k.startswith(IMAGE_PREFIX) and k not in (batch_schema.INPUT_IDS, batch_schema.ATTENTION_MASK)}
         for name, images in batch.items():
             if not name.startswith(IMAGE_PREFIX):
                 continue
@@ -87,11 +87,11 @@ class Encoder:
             if self.heads is not None:
                 weight, bias = self.heads
                 out[LOGITS_PREFIX + view] = (torch.einsum("nd,hcd->nhc", feats, weight) + bias).cpu().numpy()
-        self._progress(len(batch[columns.LABEL]) if columns.LABEL in batch else 0)
-        if columns.INPUT_IDS in batch:
+        self._progress(len(batch[batch_schema.LABEL]) if batch_schema.LABEL in batch else 0)
+        if batch_schema.INPUT_IDS in batch:
             with autocast(self.precision, self.device):
-                text = self.tower.encode_text(torch.from_numpy(batch[columns.INPUT_IDS]).to(self.device),
-                                              torch.from_numpy(batch[columns.ATTENTION_MASK]).to(self.device))
+                text = self.tower.encode_text(torch.from_numpy(batch[batch_schema.INPUT_IDS]).to(self.device),
+                                              torch.from_numpy(batch[batch_schema.ATTENTION_MASK]).to(self.device))
             out[TEXT_FEATURES] = text.float().cpu().numpy()
         return out
 

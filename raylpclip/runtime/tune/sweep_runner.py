@@ -28,13 +28,13 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from raylpclip.config import ConfigError, PretrainConfig, from_dict, save_config, to_dict, validate
 from raylpclip.data.storage import configure_s3
-from raylpclip.runtime import skips
-from raylpclip.runtime.pretrain import (build_trainer, eval_classnames, fit, inspect_train_data,
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.train.pretrain_driver import (build_trainer, eval_classnames, fit, inspect_train_data,
                                         prepare_tokenizer)
-from raylpclip.runtime.session import ensure_ray, quiet_ray_data
+from raylpclip.runtime.cluster.session import ensure_ray, quiet_ray_data
 from raylpclip.summary import write_summary
-from raylpclip import sweep_results as results_io
-from raylpclip.sweep_space import (Dim, SweepSpec, asha_settings, check_same_sweep, corner_configs, max_concurrent,
+from raylpclip.experiments import sweep_results as results_io
+from raylpclip.experiments.sweep_space import (Dim, SweepSpec, asha_settings, check_same_sweep, corner_configs, max_concurrent,
                                    plain, sweep_plan, trial_config, trial_need)
 
 TOKENIZER_KEYS = ("model.tokenizer", "model.pretrained", "model.vocab_size", "model.tokenizer_samples")
@@ -57,7 +57,7 @@ def fit_config(cfg: PretrainConfig, *, callbacks: tuple = ()) -> ray.train.Resul
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, cfg.run_dir / "config.yaml")
     trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=eval_classnames(cfg), data=data,
-                            counter=skips.new_counter(), callbacks=callbacks)
+                            counter=counters.new_counter(), callbacks=callbacks)
     return fit(trainer, cfg.name)
 
 
@@ -185,7 +185,7 @@ def prepare_data(spec: SweepSpec) -> None:
     base = spec.base
     if spec.synthetic is not None:
         from raylpclip.data.synthetic import SyntheticSpec, class_names
-        from raylpclip.demo import write_synthetic
+        from raylpclip.commands.demo import write_synthetic
 
         train_dir, eval_dir = write_synthetic(spec.synthetic, spec.sweep_dir / "data")
         base.data.train, base.data.eval, base.data.format = str(train_dir), str(eval_dir), "webdataset"

@@ -21,7 +21,7 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
-from raylpclip.engine.checkpoint import MANIFEST_FILE, META_FILE, STATE_FILE, CheckpointError
+from raylpclip.engine.checkpoint_state import MANIFEST_FILE, META_FILE, STATE_FILE, CheckpointError
 
 CHECKPOINT_PREFIX = "checkpoint_"
 

@@ -24,7 +24,7 @@ import torch
 from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import ConfigError, DataConfig, EvalConfig, RayConfig, load_config, save_config
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shards import resolve_shards
@@ -34,11 +34,11 @@ from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.methods.lpclip import LPCLIPConfig, check_config
 from raylpclip.models.classifier import Classifier, context_length, image_size, load_encoder, save_classifier
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime import skips
-from raylpclip.runtime.inference import FEATURE_PREFIX, LOGITS_PREFIX, InferenceConfig, encode, view_dataset
-from raylpclip.runtime.probe_worker import HEADS_FILE, probe_worker
-from raylpclip.runtime.robustness import RobustnessConfig, check_robustness, evaluate, report
-from raylpclip.runtime.session import ensure_ray
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.data.batch_inference import FEATURE_PREFIX, LOGITS_PREFIX, InferenceConfig, encode, view_dataset
+from raylpclip.runtime.train.probe_worker import HEADS_FILE, probe_worker
+from raylpclip.runtime.data.robustness_eval import RobustnessConfig, check_robustness, evaluate, report
+from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 DONE_MARKER = "_COMPLETE"
@@ -112,8 +112,8 @@ def extract_features(cfg: ProbeConfig, head: LinearProbe, counter) -> Path:
     ds = view_dataset(cfg.data.train, data, views=[WEAK, STRONG], limit=cfg.max_train_samples, counter=counter,
                       batch_size=cfg.inference.decode_batch_size)
     ds = encode(ds, encoder=cfg.model, cfg=cfg.inference, heads=[head])
-    keep = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, LOGITS_PREFIX + WEAK, columns.LABEL, columns.IMAGE_ID,
-            columns.KEY]
+    keep = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, LOGITS_PREFIX + WEAK, batch_schema.LABEL, batch_schema.IMAGE_ID,
+            batch_schema.KEY]
     ds.select_columns(keep).write_parquet(str(out.resolve()))
     rows = ray.data.read_parquet(str(out.resolve())).count()
     (out / DONE_MARKER).write_text(str(rows))
@@ -123,15 +123,15 @@ def extract_features(cfg: ProbeConfig, head: LinearProbe, counter) -> Path:
 
 
 def _labels_and_teacher(features: Path) -> tuple[np.ndarray, np.ndarray]:
-    ds = ray.data.read_parquet(str(features.resolve()), columns=[columns.LABEL, LOGITS_PREFIX + WEAK])
+    ds = ray.data.read_parquet(str(features.resolve()), columns=[batch_schema.LABEL, LOGITS_PREFIX + WEAK])
     parts = list(ds.iter_batches(batch_size=65536, batch_format="numpy"))
-    return (np.concatenate([p[columns.LABEL] for p in parts]),
+    return (np.concatenate([p[batch_schema.LABEL] for p in parts]),
             np.concatenate([p[LOGITS_PREFIX + WEAK] for p in parts])[:, 0])
 
 
 def train_probes(cfg: ProbeConfig, features: Path, weights: torch.Tensor, lpclip: LPCLIPConfig,
                  supervised: bool) -> dict[str, LinearProbe]:
-    columns_needed = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, columns.IMAGE_ID] + ([columns.LABEL] if supervised else [])
+    columns_needed = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, batch_schema.IMAGE_ID] + ([batch_schema.LABEL] if supervised else [])
     dataset = ray.data.read_parquet(str(features.resolve()), columns=columns_needed)
     trainer = TorchTrainer(
         probe_worker,
@@ -175,7 +175,7 @@ def run_probe(cfg: ProbeConfig) -> dict:
           f"{lpclip.confidence_threshold})", flush=True)
 
     ensure_ray(cfg.ray)
-    counter = skips.new_counter()
+    counter = counters.new_counter()
     features = extract_features(cfg, teacher, counter)
     labels, teacher_logits = _labels_and_teacher(features)
     supervised = cfg.supervised and bool((labels >= 0).all())
@@ -197,6 +197,6 @@ def run_probe(cfg: ProbeConfig) -> dict:
         output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
                           inference=cfg.inference, counter=counter)
         summary["eval"] = report(output, run_dir / "eval")
-    summary.update(run_dir=str(run_dir.resolve()), wall_s=time.perf_counter() - start, skipped=skips.totals(counter))
+    summary.update(run_dir=str(run_dir.resolve()), wall_s=time.perf_counter() - start, skipped=counters.totals(counter))
     write_summary(run_dir, summary)
     return summary

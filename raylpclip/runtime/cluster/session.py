@@ -10,7 +10,7 @@ import socket
 import ray
 
 from raylpclip.config import RayConfig
-from raylpclip.runtime import idle_scheduler
+from raylpclip.runtime.cluster import idle_scheduler
 
 log = logging.getLogger(__name__)
 START_ATTEMPTS = 3
@@ -79,7 +79,7 @@ def _env(**values: str | None):
 
 
 # Every worker process of the job (Train's streaming-split coordinator, Tune trials) patches Ray Data's
-# idle scheduling loop on start (runtime/idle_scheduler.py); a submitted job's own runtime_env merges in.
+# idle scheduling loop on start (runtime/cluster/idle_scheduler.py); a submitted job's own runtime_env merges in.
 JOB_RUNTIME_ENV = {"worker_process_setup_hook": idle_scheduler.HOOK}
 
 DEFAULT_DASHBOARD_PORT = 8265

@@ -18,18 +18,18 @@ from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.decode import DataError
 from raylpclip.data.shards import read_stats, resolve_shards
 from raylpclip.data.storage import arrow_filesystem, configure_s3, storage_filesystem
-from raylpclip.engine.checkpoint import CheckpointError, load_state, verify_state
+from raylpclip.engine.checkpoint_state import CheckpointError, load_state, verify_state
 from raylpclip.models.clip import export_clip
 from raylpclip.models.factory import build_tower
-from raylpclip.models.tokenizer import load_tokenizer, train_tokenizer
-from raylpclip.runtime import skips
-from raylpclip.runtime.checkpoints import preflight
-from raylpclip.runtime.datasets import eval_dataset
-from raylpclip.runtime.faults import PROBE_ENV
-from raylpclip.runtime.positioned import train_source
-from raylpclip.runtime.pretrain_worker import pretrain_worker, progress
-from raylpclip.runtime.train_streams import source_names
-from raylpclip.runtime.session import ensure_ray
+from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.runtime.cluster import counters
+from raylpclip.engine.checkpoint_choice import preflight
+from raylpclip.runtime.data.decode_pool import eval_dataset
+from raylpclip.runtime.train.worker_trace import TRACE_ENV
+from raylpclip.runtime.data.shard_reader import train_source
+from raylpclip.runtime.train.pretrain_worker import pretrain_worker, progress
+from raylpclip.runtime.data.batch_stream import source_names
+from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 SUMMARY_KEYS = ("acc1", "acc5", "mean_per_class_recall", "loss", "logit_scale", "psd_alpha", "step",
@@ -103,7 +103,7 @@ def run_storage(cfg: PretrainConfig, *, storage_counter=None) -> tuple[str, pafs
 
 def check_run_checkpoints(cfg: PretrainConfig) -> None:
     """Before Ray starts: one clear line when the run's checkpoints are all broken (see
-    runtime/checkpoints.py), a warning when the newest is."""
+    engine/checkpoint_choice.py), a warning when the newest is."""
     storage, filesystem = run_storage(cfg)
     local = filesystem is None
     preflight(filesystem or pafs.LocalFileSystem(), f"{storage.rstrip('/')}/{cfg.name}", warn=progress,
@@ -115,9 +115,9 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
                   data_options=None) -> TorchTrainer:
     """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune trial.
 
-    Training sources read through positioned readers (runtime/positioned.py), so that every row says
-    where it sits and a resumed run can skip what was consumed. With `RAYLPCLIP_FAULT_PROBE=<dir>` in
-    the environment the workers record their pids and batches there (runtime/faults.py).
+    Training sources read through positioned readers (runtime/data/shard_reader.py), so that every row says
+    where it sits and a resumed run can skip what was consumed. With `RAYLPCLIP_WORKER_TRACE=<dir>` in
+    the environment the workers record their pids and batches there (runtime/train/worker_trace.py).
     """
     sources = cfg.data.train_sources()
     files = [data.files[s.path] for s in sources]
@@ -136,10 +136,10 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
         train_loop_config={"config": to_dict(cfg), "tokenizer": tokenizer, "classnames": classnames,
                            "counter": counter, "train_samples": data.samples, "train_files": files,
                            "train_formats": formats, "train_filesystems": filesystems,
-                           "probe": os.environ.get(PROBE_ENV) or None,
+                           "trace": os.environ.get(TRACE_ENV) or None,
                            "elastic": f"{elastic[0]}-{elastic[1]}" if elastic else None,
                            "storage_counter": storage_counter,
-                           # where the workers look for the checkpoint to resume from (runtime/checkpoints.py)
+                           # where the workers look for the checkpoint to resume from (engine/checkpoint_choice.py)
                            "run_storage": (filesystem, f"{storage.rstrip('/')}/{cfg.name}"),
                            **(extra_loop_config or {})},  # e.g. {"bench": ...} from `raylpclip bench train`
         scaling_config=ray.train.ScalingConfig(
@@ -215,7 +215,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
 
     check_run_checkpoints(cfg)
     ensure_ray(cfg.ray)
-    counter, storage_counter = skips.new_counter(), skips.new_counter()
+    counter, storage_counter = counters.new_counter(), counters.new_counter()
     trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=classnames, data=data, counter=counter,
                             storage_counter=storage_counter)
     result = fit(trainer, cfg.name)
@@ -233,8 +233,8 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
         checkpoint=result.checkpoint.path,
         chance_acc1=1.0 / len(classnames) if classnames else None,
         train_samples=data.samples,
-        skipped=skips.totals(counter),
-        storage_retries=skips.totals(storage_counter).get("storage_retries", 0),
+        skipped=counters.totals(counter),
+        storage_retries=counters.totals(storage_counter).get("storage_retries", 0),
     )
     write_summary(run_dir, summary)
     return summary

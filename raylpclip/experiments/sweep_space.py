@@ -24,7 +24,7 @@ from typing import Any, Optional, Sequence, get_origin, get_type_hints
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from raylpclip.config import ConfigError, PretrainConfig, load_config, to_dict
-from raylpclip.demo import DemoConfig, SyntheticDataConfig
+from raylpclip.commands.demo import DemoConfig, SyntheticDataConfig
 
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")

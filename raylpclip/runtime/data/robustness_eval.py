@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from raylpclip import columns
+from raylpclip import batch_schema
 from raylpclip.config import DataConfig
 from raylpclip.data.views import CLEAN, corruption_views, parse_view
 from raylpclip.eval.calibration import reliability_bins, robustness_metrics
@@ -28,7 +28,7 @@ from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES
 from raylpclip.eval.metrics import retrieval_metrics
 from raylpclip.eval.plots import plot_accuracy_vs_severity, plot_reliability, plot_table_bars
 from raylpclip.models.classifier import Classifier, image_size
-from raylpclip.runtime.inference import FEATURE_PREFIX, LOGITS_PREFIX, TEXT_FEATURES, InferenceConfig, encode, view_dataset
+from raylpclip.runtime.data.batch_inference import FEATURE_PREFIX, LOGITS_PREFIX, TEXT_FEATURES, InferenceConfig, encode, view_dataset
 
 METRICS = ("acc1", "acc5", "mean_per_class_recall", "ece", "nll", "auroc")
 RETRIEVAL_METRICS = tuple(f"{d}_retrieval_recall@{k}" for d in ("image", "text") for k in (1, 5, 10))
@@ -73,9 +73,9 @@ def _collect(ds, *, what: str, total_views: int) -> dict[str, list[np.ndarray]]:
     seen, start, last = 0, time.perf_counter(), 0.0
     for batch in ds.iter_batches(batch_size=1024, batch_format="numpy"):
         for name, value in batch.items():
-            if name.startswith((LOGITS_PREFIX, FEATURE_PREFIX)) or name in (columns.LABEL, columns.IMAGE_ID, TEXT_FEATURES):
+            if name.startswith((LOGITS_PREFIX, FEATURE_PREFIX)) or name in (batch_schema.LABEL, batch_schema.IMAGE_ID, TEXT_FEATURES):
                 parts[name].append(value)
-        seen += len(batch[columns.LABEL])
+        seen += len(batch[batch_schema.LABEL])
         now = time.perf_counter() - start
         if now - last > 30:
             print(f"[raylpclip] {what}: {seen} images x {total_views} views encoded, {seen / now:.1f} images/s", flush=True)
@@ -92,7 +92,7 @@ def _view_row(name: str, view: str, metrics: dict) -> dict:
 
 
 def _classification(members: dict[str, Classifier], parts, views, n_bins) -> tuple[list[dict], dict]:
-    labels = torch.from_numpy(np.concatenate(parts[columns.LABEL]))
+    labels = torch.from_numpy(np.concatenate(parts[batch_schema.LABEL]))
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} test images have no `label` in their metadata; classification "
                          f"needs labelled test shards (captions only: leave classnames empty for a retrieval eval)")
@@ -107,7 +107,7 @@ def _classification(members: dict[str, Classifier], parts, views, n_bins) -> tup
 
 
 def _retrieval(name: str, parts, views) -> list[dict]:
-    ids = torch.from_numpy(np.concatenate(parts[columns.IMAGE_ID]))
+    ids = torch.from_numpy(np.concatenate(parts[batch_schema.IMAGE_ID]))
     unique, text_to_image = torch.unique(ids, return_inverse=True)
     first = torch.full((unique.numel(),), ids.numel(), dtype=torch.long)
     first.scatter_reduce_(0, text_to_image, torch.arange(ids.numel()), reduce="amin")
@@ -140,7 +140,7 @@ def evaluate(classifiers: dict[str, Classifier | str], *, eval_path: str, data: 
         heads = [] if retrieval else [c.head for c in members.values()]
         parts = _collect(encode(ds, encoder=encoder, cfg=inference, heads=heads, keep_features=retrieval),
                          what=f"eval of {encoder}", total_views=len(views))
-        samples = sum(len(x) for x in parts[columns.LABEL])
+        samples = sum(len(x) for x in parts[batch_schema.LABEL])
         if retrieval:
             for name in members:
                 rows += _retrieval(name, parts, views)

@@ -67,7 +67,7 @@ def write_synthetic(cfg: SyntheticDataConfig, out_dir: Path) -> tuple[Path, Path
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    from raylpclip.runtime.pretrain import run_pretrain  # Ray is imported only when it runs
+    from raylpclip.runtime.train.pretrain_driver import run_pretrain  # Ray is imported only when it runs
 
     pre = cfg.pretrain
     data_dir = pre.run_dir / "data"

@@ -16,15 +16,15 @@ import ray.train.torch
 import torch
 
 from raylpclip.config import from_dict
-from raylpclip.engine.checkpoint import load_state, save_state
+from raylpclip.engine.checkpoint_state import load_state, save_state
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.methods.carft import FinetuneTask
 from raylpclip.methods.finetune_config import FinetuneConfig
 from raylpclip.methods.finetune_model import evaluate_classifier, frozen_copy, labelled_only, set_trainable
-from raylpclip.runtime import skips
-from raylpclip.runtime.pretrain_worker import progress, quiet_report_logs, train_batches
+from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.train.pretrain_worker import progress, quiet_report_logs, train_batches
 
 
 class FinetuneHooks:
@@ -48,7 +48,7 @@ class FinetuneHooks:
         if self.rank == 0:
             if evaluate and not final and self.cfg.data.eval:
                 metrics.update(self._evaluate())
-            metrics.update({f"skipped_{k}": v for k, v in skips.totals(self.counter).items()})
+            metrics.update({f"skipped_{k}": v for k, v in counters.totals(self.counter).items()})
             self._print(state, metrics)
         if save and self.rank == 0:
             with tempfile.TemporaryDirectory() as tmp:

@@ -1,0 +1,1 @@
+"""Ray Tune and multi-run experiments: sweeps and data-scaling runs."""
