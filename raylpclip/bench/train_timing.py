@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from raylpclip.config import PretrainConfig, PSDConfig
+from raylpclip.config import PretrainConfig, PSDConfig, from_dict
 from raylpclip.engine.clock import StepClock, peak_memory_mb, window_stats
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.pretrain_task import unwrap
@@ -79,6 +79,20 @@ def in_memory_windows(cfg: PretrainConfig, *, tokenizer, batches: list[dict[str,
     out["loss"] = loss_overhead(cfg.train.batch_size // cfg.optim.accum_steps, dim, psd=arms["psd"].psd)
     out["peak_memory_mb"] = peak_memory_mb(device)
     return out
+
+
+def compute_limit_task(config: dict, tokenizer, batch: dict[str, np.ndarray], bench: dict) -> dict[str, Any]:
+    """The compute limit in the process it runs in (a Ray task, runtime/train/bench_train_ray.run_as_task):
+    `bench["memory_batches"]` micro-batches cut from the pipeline's decoded `batch` into tensors, then
+    `in_memory_windows` on them, on the GPU with `train.use_gpu`."""
+    cfg = from_dict(PretrainConfig, config)
+    micro = cfg.train.batch_size // cfg.optim.accum_steps
+    tensors = [{k: torch.from_numpy(np.array(v[i * micro:(i + 1) * micro])) for k, v in batch.items()}  # own, writable
+               for i in range(bench["memory_batches"])]
+    device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else torch.device("cpu")
+    return in_memory_windows(cfg, tokenizer=tokenizer, batches=tensors, threads=bench["threads"],
+                             warmup_steps=bench["warmup_steps"], windows=bench["windows"],
+                             window_steps=bench["window_steps"], device=device)
 
 
 def loss_overhead(b: int, dim: int, *, psd: PSDConfig, repeats: int = 50, seed: int = 0) -> dict[str, float]:

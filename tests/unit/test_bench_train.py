@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from raylpclip.bench import train as B
+from raylpclip.bench.train_bench_config import TrainBenchConfig, check, pretrain_part, run_steps, save_steps
+from raylpclip.bench.train_bench_data import lookahead_samples, needed_samples
+from raylpclip.bench.train_bench_report import format_table, summarize
 from raylpclip.bench.train_timing import arm_configs, in_memory_windows, loss_overhead, pooled
 from raylpclip.engine.clock import StepClock, StepRecord, clocked, slope_per_s, window_stats
 from raylpclip.config import ConfigError, ModelConfig, PretrainConfig, PSDConfig, TrainConfig, load_config
@@ -89,7 +91,7 @@ def test_summary_ratios_from_the_best_round_of_each():
         _round(0.40, 0.39, [_rank(240.0, wait=0.01, rss=950.0, report_s={"10": 0.02, "20": 0.04, "27": 0.20})],
                [_rank(216.0), _rank(215.0)], load=1.0),
     ]
-    s = B.summarize(rounds, batch=128, threads=2, saves=[27], use_gpu=False)
+    s = summarize(rounds, batch=128, threads=2, saves=[27], use_gpu=False)
     assert s["compute_limit_samples_per_s"] == pytest.approx(128 / 0.40)  # round 2's limit
     assert s["samples_per_s"] == 240.0 and s["ratio_vs_compute_limit"] == pytest.approx(240 / 320)
     assert s["ratio_vs_compute_limit_per_round"] == pytest.approx([230 / 256, 240 / 320])
@@ -102,13 +104,13 @@ def test_summary_ratios_from_the_best_round_of_each():
     assert s["peak_memory_mb_per_worker"] == {"compute_limit": 700.0, "one_worker": [950.0], "two_workers": [900.0, 900.0]}
     assert s["checkpoint_report_s"] == pytest.approx(0.20) and s["plain_report_s"] == pytest.approx(0.03)
     assert s["rounds"]["load_avg"] == [3.0, 1.0]
-    table = B.format_table(s)
+    table = format_table(s)
     assert "0.75" in table and "two_worker_ratio 0.90" in table and "3.0, 1.0" in table
 
 
 def test_two_worker_ratio_is_per_gpu_on_gpus():
     r = [_round(0.5, 0.5, [_rank(100.0)], [_rank(180.0), _rank(180.0)], load=0.0)]
-    assert B.summarize(r, batch=64, threads=8, saves=[], use_gpu=True)["two_worker_ratio"] == pytest.approx(0.9)
+    assert summarize(r, batch=64, threads=8, saves=[], use_gpu=True)["two_worker_ratio"] == pytest.approx(0.9)
 
 
 @pytest.mark.parametrize("override, key", [
@@ -118,21 +120,21 @@ def test_two_worker_ratio_is_per_gpu_on_gpus():
 ])
 def test_bad_bench_values_name_the_key(override, key):
     extra = ["optim.accum_steps=2", "train.num_workers=1"] if key == "train.batch_size" else []
-    cfg = load_config(B.TrainBenchConfig, None, [override, *extra])
+    cfg = load_config(TrainBenchConfig, None, [override, *extra])
     with pytest.raises(ConfigError, match=f"'{key}'"):
-        B.check(cfg)
+        check(cfg)
 
 
 def test_run_layout_and_data_size():
-    cfg = load_config(B.TrainBenchConfig, None, ["bench.warmup_steps=3", "bench.timed_steps=10", "bench.checkpoints=2",
-                                                 "train.batch_size=32", "data.shuffle_buffer=100"])
-    assert B.run_steps(cfg.bench) == 3 + 10 + 4 + 1 and B.save_steps(cfg.bench) == [15, 17]
+    cfg = load_config(TrainBenchConfig, None, ["bench.warmup_steps=3", "bench.timed_steps=10", "bench.checkpoints=2",
+                                               "train.batch_size=32", "data.shuffle_buffer=100"])
+    assert run_steps(cfg.bench) == 3 + 10 + 4 + 1 and save_steps(cfg.bench) == [15, 17]
     # consumed, shuffle buffer, then the look-ahead: 16 batches of budget and 2 actors x 4 queued batches of
     # 1024 rows (the automatic decode call at 64 px)
-    assert B.needed_samples(cfg) == (18 + 4) * 32 + 100 + 16 * 32 + 2 * 4 * 1024
-    smaller = load_config(B.TrainBenchConfig, None, ["data.decode_batch_size=100", "bench.data_buffer_batches=0"])
-    assert B.lookahead_samples(smaller) == 2 * 4 * 100
-    assert cfg.name == "bench-train" and isinstance(B.pretrain_part(cfg), PretrainConfig)
+    assert needed_samples(cfg) == (18 + 4) * 32 + 100 + 16 * 32 + 2 * 4 * 1024
+    smaller = load_config(TrainBenchConfig, None, ["data.decode_batch_size=100", "bench.data_buffer_batches=0"])
+    assert lookahead_samples(smaller) == 2 * 4 * 100
+    assert cfg.name == "bench-train" and isinstance(pretrain_part(cfg), PretrainConfig)
 
 
 def test_arms_time_psd_at_full_weight_and_clip_without():
