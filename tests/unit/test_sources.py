@@ -6,9 +6,11 @@ from collections import Counter
 import pytest
 from PIL import Image
 
-from raylpclip.data.sources import (DEFAULT_TEMPLATES, SourceStats, caption_csv_items, caption_csv_samples,
-                                    check_templates, encode_image, holdout_image_ids, image_folder_items,
-                                    image_folder_samples, shuffled)
+from raylpclip.data.caption_csv import caption_csv_items, caption_csv_samples, holdout_image_ids
+from raylpclip.data.caption_templates import DEFAULT_TEMPLATES, check_templates
+from raylpclip.data.image_encoding import encode_image
+from raylpclip.data.image_folder import image_folder_items, image_folder_samples
+from raylpclip.data.sources import SourceStats, shuffled
 
 TEMPLATES = ["a photo of a {}.", "a drawing of the {}.", "{} in the picture."]
 
