@@ -6,7 +6,7 @@ import sys
 CORE = [
     "raylpclip.config", "raylpclip.batch_schema", "raylpclip.distributed", "raylpclip.losses",
     "raylpclip.models.clip", "raylpclip.models.bpe_tokenizer", "raylpclip.models.factory", "raylpclip.models.ema",
-    "raylpclip.data.decode", "raylpclip.data.shards", "raylpclip.data.synthetic", "raylpclip.data.metadata",
+    "raylpclip.data.decode", "raylpclip.data.shard_writer", "raylpclip.data.synthetic", "raylpclip.data.metadata",
     "raylpclip.engine.loop", "raylpclip.engine.pretrain_task", "raylpclip.eval.batch_eval",
     "raylpclip.engine.checkpoint_state", "raylpclip.eval.zeroshot", "raylpclip.eval.metrics", "raylpclip.commands.demo",
     "raylpclip.cli",

@@ -33,7 +33,7 @@ def test_pretrain_requires_train_data():
 
 
 def test_tokenizer_train_from_shards_then_loads(tmp_path):
-    from raylpclip.data.shards import write_shards
+    from raylpclip.data.shard_writer import write_shards
     from raylpclip.data.synthetic import SyntheticSpec, generate_samples
     from raylpclip.models.bpe_tokenizer import load_tokenizer
 

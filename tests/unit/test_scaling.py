@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 
 from raylpclip.config import ConfigError, save_config
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.experiments import scaling_report as report
 from raylpclip.experiments.scaling_plan import (Point, finished_summary, load_scaling, plan_points, select_shards,
                                        shard_pattern)

@@ -18,7 +18,7 @@ import torch
 from raylpclip.config import ConfigError, PretrainConfig, load_config
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.sample import Sample
-from raylpclip.data.shards import write_shard
+from raylpclip.data.shard_writer import write_shard
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.data.tarstream import group_samples, readable_members
 from raylpclip.models.bpe_tokenizer import train_tokenizer

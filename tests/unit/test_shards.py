@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from raylpclip.data.sample import Sample
-from raylpclip.data.shards import (_expand_braces, list_shards, oom_sample_per_shard, read_stats,
-                                   resolve_shards, sample_key, write_shard, write_shards)
+from raylpclip.data.shard_files import _expand_braces, list_shards, read_stats, resolve_shards
+from raylpclip.data.shard_writer import oom_sample_per_shard, sample_key, write_shard, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 
 
