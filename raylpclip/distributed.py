@@ -8,10 +8,11 @@ many GPUs. Ray Train initialises the process group; this module never does.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 
 def _initialized() -> bool:
@@ -114,3 +115,32 @@ def ddp_kwargs(*, bucket_cap_mb: float) -> dict:
     gradient-sized buffer and one copy per step (the optimizer and clipping work on them in place).
     """
     return {"bucket_cap_mb": bucket_cap_mb, "gradient_as_bucket_view": True}
+
+
+@dataclass(frozen=True)
+class Collective:
+    """How data-parallel probe trainers agree, each holding a shard of the features (Ray Train workers
+    over torch.distributed; raylpclip.methods.lpclip). The default, one process, changes nothing:
+    training is then plain mini-batch training. With several workers, each runs the same number of
+    steps (the maximum over workers, refilled from a new permutation of its own shard) and averages
+    gradients every step, so all replicas stay identical, like DDP without wrapping the probe.
+
+    The world size is given rather than read from the process group because the caller (the probe
+    worker) knows it from Ray Train and a size of 1 must touch no process group at all."""
+
+    world_size: int = 1
+
+    def average_gradients(self, module: nn.Module) -> None:
+        if self.world_size == 1:
+            return
+        for param in module.parameters():
+            if param.grad is not None:
+                dist.all_reduce(param.grad)
+                param.grad.div_(self.world_size)
+
+    def max_int(self, value: int) -> int:
+        if self.world_size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.long)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())

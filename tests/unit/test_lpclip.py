@@ -13,8 +13,6 @@ import torch.nn.functional as F
 from raylpclip.config import ConfigError
 from raylpclip.methods.lpclip import (
     LinearProbe,
-    LPCLIPConfig,
-    check_config,
     pseudo_labels,
     self_train,
     student_logits,
@@ -22,6 +20,7 @@ from raylpclip.methods.lpclip import (
     train_probe,
     zeroshot_logits,
 )
+from raylpclip.methods.lpclip_config import LPCLIPConfig, check_config
 
 
 def _problem(seed: int = 1, n: int = 800, dim: int = 16, classes: int = 4, lean: float = 0.7):
