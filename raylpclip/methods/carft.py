@@ -21,34 +21,23 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from raylpclip import batch_schema
-from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.pretrain_task import unwrap
+from raylpclip.eval.zeroshot import prompt_features
 from raylpclip.methods.finetune_model import ImageEncoder
 from raylpclip.models.clip import ClipTower, normalize_images
 
 
-@torch.no_grad()
 def context_weights(tower: ClipTower, tokenizer, classnames: Sequence[str], templates: Sequence[str], *,
                     context_length: int, device: str | torch.device = "cpu", batch_size: int = 256) -> Tensor:
     """(M, D) unit-norm context embeddings, one per template: w_m = normalise(mean_k normalise(T(c_m(class_k)))).
 
-    The transpose of the zero-shot classifier's averaging (which averages templates per class)."""
+    The transpose of the zero-shot classifier's averaging (which averages templates per class), on the
+    same text features."""
     if not classnames or not templates:
         raise ValueError("context_weights needs at least one class name and one template")
-    texts = [template.format(name) for template in templates for name in classnames]  # template-major
-    was_training = tower.training
-    tower.eval()
-    try:
-        chunks = []
-        for start in range(0, len(texts), batch_size):
-            tokens = tokenize(tokenizer, texts[start:start + batch_size], context_length=context_length)
-            ids = torch.from_numpy(tokens["input_ids"]).to(device)
-            mask = torch.from_numpy(tokens["attention_mask"]).to(device)
-            chunks.append(tower.encode_text(ids, mask, normalize=True).float())
-        per_class = torch.cat(chunks).view(len(templates), len(classnames), -1)  # (M, C, D)
-        return F.normalize(per_class.mean(dim=1), dim=-1)
-    finally:
-        tower.train(was_training)
+    text = prompt_features(tower, tokenizer, classnames, templates, context_length=context_length,
+                           device=device, batch_size=batch_size)  # (C, M, D)
+    return F.normalize(text.mean(dim=0), dim=-1)
 
 
 def context_scale(temperature: float | None, logit_scale: float) -> float:
