@@ -11,16 +11,8 @@ from raylpclip.data.tokenization import tokenize
 from raylpclip.models.clip import ClipTower
 
 
-def prompt_features(
-    tower: ClipTower,
-    tokenizer,
-    classnames: Sequence[str],
-    templates: Sequence[str],
-    *,
-    context_length: int,
-    device: str | torch.device = "cpu",
-    batch_size: int = 256,
-) -> torch.Tensor:
+def prompt_features(tower: ClipTower, tokenizer, classnames: Sequence[str], templates: Sequence[str], *,
+                    context_length: int, device: str | torch.device = "cpu", batch_size: int = 256) -> torch.Tensor:
     """(C, M, D) unit-norm text features of every template m filled with every class name k, class-major.
 
     The zero-shot classifier averages them over templates; CAR-FT's context weights (methods/carft.py)
