@@ -23,10 +23,12 @@ import fsspec
 import ray
 
 from raylpclip.config import RayConfig, S3Config
-from raylpclip.data.shards import FORMATS
+from raylpclip.data.caption_csv import CAPTION_MODES, caption_csv_items
+from raylpclip.data.caption_templates import DEFAULT_TEMPLATES, check_templates, read_lines
+from raylpclip.data.image_folder import image_folder_items
+from raylpclip.data.shard_files import FORMATS
 from raylpclip.data.storage import is_remote, s3_options
-from raylpclip.data.sources import (CAPTION_MODES, DEFAULT_TEMPLATES, SourceItem, SourceStats, caption_csv_items,
-                                    check_templates, image_folder_items, read_lines, shuffled)
+from raylpclip.data.sources import SourceItem, SourceStats, shuffled
 from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.data.shard_writing import WriteReport, prepare_out_dir, write_items
 from raylpclip.summary import write_summary

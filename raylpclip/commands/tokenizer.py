@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 from raylpclip.data.metadata import sample_captions
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.tokenization import tokenize
 from raylpclip.models.bpe_tokenizer import clip_tokenizer_from_bpe, train_tokenizer
 from raylpclip.summary import write_summary

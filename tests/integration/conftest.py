@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from raylpclip.data.sample import Sample
-from raylpclip.data.shards import write_shards
+from raylpclip.data.shard_writer import write_shards
 from raylpclip.data.synthetic import SyntheticSpec, class_names, generate_samples
 
 SPEC = SyntheticSpec()

@@ -16,7 +16,7 @@ import pytest
 from raylpclip import batch_schema
 from raylpclip.config import DataConfig, PretrainConfig, SourceConfig, load_config
 from raylpclip.data.decode import DataError
-from raylpclip.data.shards import sample_key, write_shards
+from raylpclip.data.shard_writer import sample_key, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.models.bpe_tokenizer import train_tokenizer
 from raylpclip.runtime.cluster import counters

@@ -49,7 +49,7 @@ LOSS_TOLERANCE = 0.3
 def tokenizer_dir(tmp_path_factory, synthetic_shards) -> Path:
     """One tokenizer for every run, so that losses compare (the same vocabulary and initial weights)."""
     from raylpclip.data.metadata import sample_captions
-    from raylpclip.data.shards import resolve_shards
+    from raylpclip.data.shard_files import resolve_shards
 
     files, fmt = resolve_shards(str(synthetic_shards["webdataset"]))
     out = tmp_path_factory.mktemp("tok") / "tokenizer"

@@ -7,7 +7,8 @@ import pytest
 import s3fs
 
 from raylpclip.config import PretrainConfig, S3Config, load_config
-from raylpclip.data.shards import read_stats, resolve_shards, write_shards
+from raylpclip.data.shard_files import read_stats, resolve_shards
+from raylpclip.data.shard_writer import write_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.runtime.train.pretrain_driver import run_pretrain

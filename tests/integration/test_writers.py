@@ -16,7 +16,7 @@ from PIL import Image
 
 from raylpclip.commands.shards import cmd_shards
 from raylpclip.data.metadata import iter_records, label_names
-from raylpclip.data.shards import list_shards, read_stats
+from raylpclip.data.shard_files import list_shards, read_stats
 
 pytestmark = pytest.mark.ray
 

@@ -11,7 +11,7 @@ from ray.data import Dataset, FileShuffleConfig
 
 from raylpclip.config import DataConfig, S3Config, SourceConfig
 from raylpclip.data.decode import BatchDecoder
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import arrow_filesystem
 from raylpclip.data.tokenization import text_encoder, tokenize_on_one_thread
 from raylpclip.runtime.data.webdataset_source import ROWS_PER_BLOCK, TolerantWebDatasetDatasource

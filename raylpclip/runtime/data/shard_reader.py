@@ -22,7 +22,7 @@ from ray.data.datasource import FileBasedDatasource
 
 from raylpclip import batch_schema
 from raylpclip.config import DataConfig, S3Config
-from raylpclip.data.shards import _stats_path
+from raylpclip.data.shard_files import stats_path
 from raylpclip.data.storage import arrow_filesystem
 from raylpclip.runtime.data.decode_pool import ReadPlan, decoded, read_plan
 from raylpclip.data.stream_position import RangeSet, pack, shard_of
@@ -98,7 +98,7 @@ def shard_counts(files: list[str], filesystem: pafs.FileSystem | None = None) ->
     counts = []
     for f in files:
         try:
-            with fs.open_input_stream(_stats_path(f.split("://", 1)[-1])) as stream:
+            with fs.open_input_stream(stats_path(f.split("://", 1)[-1])) as stream:
                 counts.append(int(json.loads(stream.read())["successes"]))
         except Exception:  # noqa: BLE001 - missing, unreadable, unreachable: unknown
             counts.append(None)

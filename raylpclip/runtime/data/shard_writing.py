@@ -16,7 +16,8 @@ import fsspec
 import ray
 from fsspec.implementations.local import LocalFileSystem
 
-from raylpclip.data.shards import check_fmt, oom_sample_per_shard, write_shard
+from raylpclip.data.shard_files import check_fmt
+from raylpclip.data.shard_writer import oom_sample_per_shard, write_shard
 from raylpclip.data.sources import SourceItem, SourceStats, iter_samples
 
 # Files a shard writer leaves in its output directory (img2dataset's names) and our summary.

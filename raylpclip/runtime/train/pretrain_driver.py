@@ -16,7 +16,7 @@ from ray.train.torch import TorchTrainer
 from raylpclip.config import PretrainConfig, save_config, to_dict
 from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.decode import DataError
-from raylpclip.data.shards import read_stats, resolve_shards
+from raylpclip.data.shard_files import read_stats, resolve_shards
 from raylpclip.data.storage import arrow_filesystem, configure_s3, storage_filesystem
 from raylpclip.engine.checkpoint_state import CheckpointError, load_state, verify_state
 from raylpclip.models.clip import export_clip
