@@ -12,3 +12,8 @@ KEY = "key"  # str, the img2dataset sample key
 POSITION = "__position__"  # reserved name (shards may carry a `position` metadata field); int64 (B,), (shard ordinal << 32) | row in shard: what a resumed run skips
 
 TENSOR_COLUMNS = (IMAGE, INPUT_IDS, ATTENTION_MASK, LABEL, IMAGE_ID)
+
+# Batch inference's output columns (runtime/data/batch_inference.py), per view name (clean, weak, ...):
+FEATURE_PREFIX = "feat_"  # float32 (N, D) unit-norm image features of the view
+LOGITS_PREFIX = "logits_"  # float32 (N, H, C): each head's logits on the view
+TEXT_FEATURES = "text_feat"  # float32 (N, D) caption features (retrieval test sets)

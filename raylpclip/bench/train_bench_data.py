@@ -53,7 +53,8 @@ def note_small_data(cfg: TrainBenchConfig) -> None:
 
 def prepare(cfg: TrainBenchConfig):
     """Shards (generated when none are given) and the tokenizer, before Ray starts."""
-    from raylpclip.runtime.train.pretrain_driver import inspect_train_data, prepare_tokenizer
+    from raylpclip.runtime.train.pretrain_driver import prepare_tokenizer
+    from raylpclip.runtime.train.trainer_factory import inspect_train_data
 
     if not cfg.data.train and not cfg.data.sources:
         cfg = replace(cfg, data=replace(cfg.data, train=synthetic_shards(cfg)))

@@ -29,11 +29,12 @@ def compute_limit(cfg: TrainBenchConfig, *, tokenizer, batch_ref, threads: int) 
 
 def pipeline(cfg: TrainBenchConfig, *, tokenizer, data, workers: int, threads: int, label: str, counter) -> list[dict]:
     """One run of the pretraining TorchTrainer itself (runtime/train/pretrain_driver.build_trainer: its
-    datasets, its worker function with DDP, data streams, RayHooks reports and checkpoints), `workers` x
+    datasets, its worker function with DDP, data streams, worker hooks' reports and checkpoints), `workers` x
     `threads`, with the step clock put in (engine/clock.clocked). Returns each rank's timing, memory and
     report figures."""
     from raylpclip.runtime.train.bench_train_ray import data_options
-    from raylpclip.runtime.train.pretrain_driver import build_trainer, fit
+    from raylpclip.runtime.train.pretrain_driver import build_trainer
+    from raylpclip.runtime.train.trainer_factory import fit
 
     b = cfg.bench
     run = replace(arm_configs(pretrain_part(cfg))["psd"], name=label, output_dir=str(cfg.run_dir / "ray"),
@@ -43,7 +44,7 @@ def pipeline(cfg: TrainBenchConfig, *, tokenizer, data, workers: int, threads: i
     spec = {"warmup_steps": b.warmup_steps, "timed_steps": b.timed_steps,
             "save_steps": save_steps(b) if workers == 1 else []}
     trainer = build_trainer(run, tokenizer=tokenizer, classnames=[], data=data, counter=counter,
-                            extra_loop_config={"bench": spec}, data_options=data_options(buffer_bytes(cfg)))
+                            bench=spec, data_options=data_options(buffer_bytes(cfg)))
     metrics = fit(trainer, label).metrics or {}
     if "bench" not in metrics:
         raise RuntimeError(f"bench run {label} finished without its timing report; see the worker logs above")

@@ -9,20 +9,15 @@ shards' label names) and `eval.templates`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raylpclip.config import ConfigError, DataConfig, EvalConfig, RayConfig, load_config
+from raylpclip.config import (ConfigError, DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig,
+                              config_args, load_config, require)
 from raylpclip.data.metadata import label_names
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.models.classifier import Classifier, is_classifier, load_classifier, load_encoder, zeroshot_head
-from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.data.batch_inference import InferenceConfig
-from raylpclip.runtime.data.robustness_eval import RobustnessConfig, check_robustness, evaluate, report
-from raylpclip.runtime.cluster.session import ensure_ray
-from raylpclip.summary import write_summary
 
 
 @dataclass
@@ -39,6 +34,10 @@ class EvalRunConfig:
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    def check(self) -> None:
+        require(bool(self.classifiers), "classifiers", "required (classifier directories or CLIP model paths)")
+        require(bool(self.data.eval), "data.eval", "required (the test shards)")
 
 
 def _named(entries: list[str]) -> dict[str, str]:
@@ -87,37 +86,13 @@ def resolve_classifiers(cfg: EvalRunConfig) -> tuple[dict[str, Classifier | str]
     return out, tokenizers
 
 
-def run_eval(cfg: EvalRunConfig) -> dict:
-    start = time.perf_counter()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    configure_s3(cfg.data.s3)
-    classifiers, tokenizers = resolve_classifiers(cfg)
-    ensure_ray(cfg.ray)
-    counter = counters.new_counter()
-    output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
-                      inference=cfg.inference, tokenizers=tokenizers, counter=counter)
-    summary = report(output, cfg.run_dir)
-    summary.update(run_dir=str(cfg.run_dir.resolve()), wall_s=time.perf_counter() - start,
-                   skipped=counters.totals(counter), classifiers={n: getattr(c, "encoder", c) for n, c in classifiers.items()})
-    write_summary(cfg.run_dir, summary)
-    print(f"[raylpclip] eval of {len(classifiers)} classifiers on {output.samples} test images x {summary['views']} "
-          f"views, {summary['wall_s']:.0f}s; tables and plots in {cfg.run_dir}")
-    return summary
-
-
-def load_eval_config(path: str | None, overrides: list[str]) -> EvalRunConfig:
-    cfg = load_config(EvalRunConfig, path, overrides)
-    if not cfg.classifiers:
-        raise ConfigError("config key 'classifiers': required (classifier directories or CLIP model paths)")
-    if not cfg.data.eval:
-        raise ConfigError("config key 'data.eval': required (the test shards)")
-    check_robustness(cfg.robustness)
-    return cfg
-
-
 def cmd_eval(args: list[str]) -> Path:
-    from raylpclip.cli import _split
+    cfg = load_config(EvalRunConfig, *config_args(args))
+    configure_s3(cfg.data.s3)
+    classifiers, tokenizers = resolve_classifiers(cfg)  # models load before Ray starts: a bad path fails fast
+    from raylpclip.runtime.data.robustness_eval import run_robustness_eval
 
-    path, overrides = _split(args)
-    summary = run_eval(load_eval_config(path, overrides))
+    summary = run_robustness_eval(cfg, classifiers, tokenizers=tokenizers)
+    print(f"[raylpclip] eval of {len(classifiers)} classifiers on {summary['test_samples']} test images x "
+          f"{summary['views']} views, {summary['wall_s']:.0f}s; tables and plots in {cfg.run_dir}")
     return Path(summary["run_dir"]) / "summary.json"

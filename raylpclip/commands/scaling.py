@@ -10,13 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from raylpclip.experiments.scaling_plan import load_scaling, run_scaling
-
-
-def _split(args: list[str]) -> tuple[str | None, list[str]]:
-    if args and "=" not in args[0]:
-        return args[0], args[1:]
-    return None, args
+from raylpclip.config import config_args
+from raylpclip.experiments.scaling_plan import load_scaling
 
 
 def _fmt(value) -> str:
@@ -40,8 +35,9 @@ def print_table(summary: dict) -> None:
 
 
 def cmd_scaling(args: list[str]) -> Path:
-    path, overrides = _split(args)
-    experiment = load_scaling(path, overrides)
+    experiment = load_scaling(*config_args(args))
+    from raylpclip.runtime.tune.scaling_runner import run_scaling  # Ray is imported only once the config is good
+
     summary = run_scaling(experiment)
     print_table(summary)
     return Path(summary["out_dir"]) / "summary.json"

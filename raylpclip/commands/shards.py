@@ -13,24 +13,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import fsspec
-import ray
 
-from raylpclip.config import RayConfig, S3Config
+from raylpclip.config import S3Config
 from raylpclip.data.caption_csv import CAPTION_MODES, caption_csv_items
 from raylpclip.data.caption_templates import DEFAULT_TEMPLATES, check_templates, read_lines
 from raylpclip.data.image_folder import image_folder_items
 from raylpclip.data.shard_files import FORMATS
 from raylpclip.data.storage import is_remote, s3_options
 from raylpclip.data.sources import SourceItem, SourceStats, shuffled
-from raylpclip.runtime.cluster.session import ensure_ray
-from raylpclip.runtime.data.shard_writing import WriteReport, prepare_out_dir, write_items
 from raylpclip.summary import write_summary
 
 DEFAULT_SUMMARY_DIR = "shards-summary"  # under the working directory, for s3:// outputs
@@ -155,8 +151,11 @@ def cmd_shards(args: list[str]) -> Path:
         items = shuffled(items, seed=ns.seed)
     opts = storage_options(ns.out, ns.s3_endpoint)
     out = ns.out if remote else str(Path(ns.out).resolve())
-    prepare_out_dir(out, overwrite=ns.overwrite, storage_options=opts)  # before Ray starts, not after
-    report = _write_with_ray(items, out, ns, opts)
+    from raylpclip.runtime.data.shard_writing import write_items_on_ray  # Ray starts only for a good source
+
+    report = write_items_on_ray(items, out, fmt=ns.format, samples_per_shard=ns.samples_per_shard,
+                                image_size=ns.image_size, storage_options=opts, num_cpus=ns.num_cpus,
+                                parallelism=ns.parallelism, overwrite=ns.overwrite, ray_address=ns.ray_address)
     skipped = SourceStats(skipped=Counter(listing.skipped), examples=listing.examples + report.skipped_examples)
     skipped.skipped.update(report.skipped)
     summary = {"command": "shards", "source": ns.source, **extra, "out": out, "format": report.fmt,
@@ -172,22 +171,3 @@ def cmd_shards(args: list[str]) -> Path:
         _write_remote_summary(out, summary, opts)
     summary_dir = ns.summary_dir or (Path.cwd() / DEFAULT_SUMMARY_DIR if remote else out)
     return write_summary(summary_dir, summary)
-
-
-def _write_with_ray(items: list[SourceItem], out: str, ns: argparse.Namespace,
-                    opts: dict[str, Any] | None) -> WriteReport:
-    """Start (or join) Ray only now that the source is known to be good; stop it again if we started it."""
-    joined = bool(ns.ray_address or os.environ.get("RAY_ADDRESS"))
-    started_here = not ray.is_initialized()
-    # No dashboard: nothing here queries Train state, and it costs a process and seconds to start.
-    ensure_ray(RayConfig(address=ns.ray_address, dashboard=False))
-    # A local instance advertises more logical CPUs than cores (see ensure_ray); encoding is
-    # CPU-bound, so more tasks than cores would only add worker processes.
-    parallelism = ns.parallelism or (None if joined else (os.cpu_count() or 1))
-    try:
-        return write_items(items, out, fmt=ns.format, samples_per_shard=ns.samples_per_shard,
-                           image_size=ns.image_size, storage_options=opts, num_cpus=ns.num_cpus,
-                           max_in_flight=parallelism, overwrite=ns.overwrite)
-    finally:
-        if started_here:
-            ray.shutdown()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from raylpclip.config import config_args
+from raylpclip.experiments.sweep_space import load_sweep
+
 
 def cmd_sweep(args: list[str]) -> Path:
-    from raylpclip.cli import _split
-    from raylpclip.experiments.sweep_space import load_sweep
-
-    path, overrides = _split(args)
-    spec = load_sweep(path, overrides)  # all config errors before Ray starts
+    spec = load_sweep(*config_args(args))  # all config errors before Ray starts
     from raylpclip.runtime.tune.sweep_runner import run_sweep
 
     summary = run_sweep(spec)

@@ -17,18 +17,17 @@ from __future__ import annotations
 
 import math
 import random
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf import OmegaConf
 
-from raylpclip.config import ConfigError, PretrainConfig, to_dict, validate
-from raylpclip.data.shards import read_stats, resolve_shards
+from raylpclip.config import ConfigError, PretrainConfig, flatten, load_config, require, to_dict, validate
+from raylpclip.experiments.demo_data import SyntheticDataConfig
+from raylpclip.experiments.experiment_file import read_experiment
+from raylpclip.data.shard_files import read_stats, resolve_shards
 from raylpclip.experiments import scaling_report as report
-from raylpclip.summary import write_summary
 
 DEFAULT_METHODS = {"clip": {"psd.a_max": 0.0}, "psd": {"psd.a_max": 0.5}}
 # The scaling experiment decides these per point; a method override may not.
@@ -49,9 +48,9 @@ class ScalingSection:
 
 @dataclass
 class ScalingExperiment:
-    base: DictConfig  # the structured PretrainConfig every point starts from
+    base: PretrainConfig  # the config every point starts from
     section: ScalingSection
-    synthetic: Any = None  # raylpclip.commands.demo.SyntheticDataConfig, or None for shards on disk
+    synthetic: Optional[SyntheticDataConfig] = None  # generated demo data, or None for shards on disk
 
     @property
     def name(self) -> str:
@@ -81,161 +80,64 @@ def point_name(method: str, fraction: float) -> str:
 
 # ---------------------------------------------------------------------------------------------- config
 
-def _wrap(exc: OmegaConfBaseException, prefix: str = "") -> ConfigError:
-    key = getattr(exc, "full_key", None)
-    reason = str(exc).splitlines()[0]
-    return ConfigError(f"config key '{prefix}{key}': {reason}" if key else f"config{' ' + prefix if prefix else ''}: {reason}")
+@dataclass
+class ScalingFile:
+    """The keys a scaling YAML has beside the pretraining keys (experiments/experiment_file.py)."""
 
-
-def _load_yaml(path: str | Path, what: str) -> DictConfig:
-    if not Path(path).is_file():
-        raise ConfigError(f"config file not found: {path}" + (f" ({what})" if what else ""))
-    try:
-        loaded = OmegaConf.load(path)
-    except Exception as exc:  # a YAML syntax error: one line naming the file
-        raise ConfigError(f"config file {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file {path}: expected a mapping of keys, got a {type(loaded).__name__}")
-    return loaded
-
-
-def _base_path(base: str, config_path: str | None) -> Path:
-    """`base:` as given (relative to the working directory, like every path on the command line), else
-    relative to the scaling YAML's own folder."""
-    candidates = [Path(base)]
-    if config_path and not Path(base).is_absolute():
-        candidates.append(Path(config_path).parent / base)
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate
-    raise ConfigError(f"config key 'base': file {base!r} not found (tried {', '.join(map(str, candidates))})")
+    base: str = ""
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    synthetic: Optional[SyntheticDataConfig] = None
 
 
 def load_scaling(path: str | None, overrides: Sequence[str] = ()) -> ScalingExperiment:
-    """Merge `base:` <- the YAML's own pretraining keys <- command-line `key=value` into a PretrainConfig
-    (kept as a structured DictConfig so each method's overrides apply on top), plus the scaling and
+    """`base:` <- the YAML's own pretraining keys <- command-line `key=value`, plus the scaling and
     synthetic sections. Fails with ConfigError naming the key."""
-    from raylpclip.commands.demo import SyntheticDataConfig
-
-    try:
-        raw = _load_yaml(path, "") if path else OmegaConf.create({})
-        if not OmegaConf.select(raw, "scaling.methods", default=None):
-            # Defaults go in before the command line, so `scaling.methods.psd.psd.a_max=0.3` tweaks the
-            # default psd method instead of replacing both methods with that one.
-            OmegaConf.update(raw, "scaling.methods", DEFAULT_METHODS, merge=True, force_add=True)
-        raw = OmegaConf.merge(raw, OmegaConf.from_dotlist(list(overrides)))
-    except OmegaConfBaseException as exc:
-        raise _wrap(exc) from None
-    raw = OmegaConf.to_container(raw)  # plain dict: pop the sections
-    base_file = raw.pop("base", None)
-    section_raw = raw.pop("scaling", None) or {}
-    synthetic_raw = raw.pop("synthetic", None)
-    base = OmegaConf.structured(PretrainConfig)
-    if base_file:
-        base_path = _base_path(str(base_file), path)
-        try:
-            base = OmegaConf.merge(base, _load_yaml(base_path, "config key 'base'"))
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"{_wrap(exc)} (in base file {base_path})") from None
-    try:
-        base = OmegaConf.merge(base, raw)
-    except OmegaConfBaseException as exc:
-        raise _wrap(exc) from None
-    try:
-        section = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(ScalingSection), section_raw))
-    except OmegaConfBaseException as exc:
-        raise _wrap(exc, "scaling.") from None
-    synthetic = None
-    if synthetic_raw is not None:
-        try:
-            synthetic = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SyntheticDataConfig), synthetic_raw))
-        except OmegaConfBaseException as exc:
-            raise _wrap(exc, "synthetic.") from None
-    if not section.methods:
-        section.methods = {k: dict(v) for k, v in DEFAULT_METHODS.items()}
-    exp = ScalingExperiment(base=base, section=section, synthetic=synthetic)
+    # The default methods go in before the command line, so `scaling.methods.psd.psd.a_max=0.3` tweaks
+    # the default psd method instead of replacing both methods with that one.
+    own, base = read_experiment(path, overrides, ScalingFile, defaults={"scaling.methods": DEFAULT_METHODS})
+    exp = ScalingExperiment(base=base, section=own.scaling, synthetic=own.synthetic)
     check_experiment(exp)
     return exp
-
-
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """{"psd": {"a_max": 0}} and {"psd.a_max": 0} both -> {"psd.a_max": 0} (the command line's
-    `scaling.methods.clip.psd.a_max=0` arrives nested, a YAML `{psd.a_max: 0}` dotted)."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree} if prefix else {}
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
-    return flat
-
-
-def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key '{key}': {message}")
 
 
 def check_experiment(exp: ScalingExperiment) -> None:
     """Everything that can be checked without listing shards: the scaling section, and every method's
     pretraining config (so a typo in the last method fails before the first point trains)."""
     s = exp.section
-    _require(len(s.fractions) > 0, "scaling.fractions", "expected a non-empty list of fractions in (0, 1]")
+    require(len(s.fractions) > 0, "scaling.fractions", "expected a non-empty list of fractions in (0, 1]")
     for f in s.fractions:
-        _require(0.0 < f <= 1.0, "scaling.fractions", f"got {f}, expected every fraction in (0, 1]")
-    _require(len(set(s.fractions)) == len(s.fractions), "scaling.fractions", f"got {s.fractions}, expected distinct values")
-    _require(s.metric in report.METRICS, "scaling.metric", f"got {s.metric!r}, expected one of {list(report.METRICS)}")
-    _require(s.steps in (None, "fixed"), "scaling.steps", f"got {s.steps!r}, expected 'fixed' (or use scaling.epochs: N)")
-    _require(s.steps is None or s.epochs is None, "scaling.epochs",
-             "give either scaling.steps: fixed or scaling.epochs: N, not both")
-    _require(s.epochs is None or s.epochs > 0, "scaling.epochs", f"got {s.epochs}, expected > 0")
+        require(0.0 < f <= 1.0, "scaling.fractions", f"got {f}, expected every fraction in (0, 1]")
+    require(len(set(s.fractions)) == len(s.fractions), "scaling.fractions", f"got {s.fractions}, expected distinct values")
+    require(s.metric in report.METRICS, "scaling.metric", f"got {s.metric!r}, expected one of {list(report.METRICS)}")
+    require(s.steps in (None, "fixed"), "scaling.steps", f"got {s.steps!r}, expected 'fixed' (or use scaling.epochs: N)")
+    require(s.steps is None or s.epochs is None, "scaling.epochs",
+            "give either scaling.steps: fixed or scaling.epochs: N, not both")
+    require(s.epochs is None or s.epochs > 0, "scaling.epochs", f"got {s.epochs}, expected > 0")
     for role in ("baseline", "treatment"):
-        _require(getattr(s, role) in s.methods, f"scaling.{role}",
-                 f"got {getattr(s, role)!r}, expected one of the methods {list(s.methods)}")
-    _require(s.baseline != s.treatment, "scaling.treatment", "expected a method other than scaling.baseline")
+        require(getattr(s, role) in s.methods, f"scaling.{role}",
+                f"got {getattr(s, role)!r}, expected one of the methods {list(s.methods)}")
+    require(s.baseline != s.treatment, "scaling.treatment", "expected a method other than scaling.baseline")
     for method, overrides in s.methods.items():
-        _require(bool(method) and "/" not in method and method not in (".", ".."), "scaling.methods",
-                 f"method name {method!r} is not a plain directory name")
-        _require(overrides is None or isinstance(overrides, dict), f"scaling.methods.{method}",
-                 f"expected a mapping of config keys to values, got {overrides!r}")
+        require(bool(method) and "/" not in method and method not in (".", ".."), "scaling.methods",
+                f"method name {method!r} is not a plain directory name")
+        require(overrides is None or isinstance(overrides, dict), f"scaling.methods.{method}",
+                f"expected a mapping of config keys to values, got {overrides!r}")
     if exp.synthetic is None:
-        base = OmegaConf.to_object(exp.base)
-        _require(bool(base.data.train_sources()), "data.train",
-                 "required (a shard directory, glob, brace range or s3:// URL), or data.sources, or a synthetic: section")
-    _require(bool(exp.base.data.eval) or exp.synthetic is not None, "data.eval",
-             f"required: the scaling metric {s.metric!r} is measured on the eval set")
+        require(bool(exp.base.data.train_sources()), "data.train",
+               "required (a shard directory, glob, brace range or s3:// URL), or data.sources, or a synthetic: section")
+    require(bool(exp.base.data.eval) or exp.synthetic is not None, "data.eval",
+            f"required: the scaling metric {s.metric!r} is measured on the eval set")
     for method in s.methods:
         method_config(exp, method)
 
 
-def method_config(exp: ScalingExperiment, method: str) -> DictConfig:
-    """The base config with one method's overrides applied (still structured, keys checked)."""
-    conf = exp.base.copy()
-    for key, value in _flatten(exp.section.methods[method] or {}).items():
-        where = f"scaling.methods.{method}.{key}"
-        _require(not any(key == r or key.startswith(r + ".") for r in RESERVED_KEYS), where,
-                 f"set by the scaling experiment for every point; methods may not override {list(RESERVED_KEYS)}")
-        try:
-            _assign(conf, key, value)
-        except OmegaConfBaseException as exc:
-            raise ConfigError(f"config key '{where}': {str(exc).splitlines()[0]}") from None
-    try:
-        validate(OmegaConf.to_object(conf))
-    except ConfigError as exc:
-        raise ConfigError(f"scaling.methods.{method}: {exc}") from None
-    except OmegaConfBaseException as exc:
-        raise _wrap(exc, f"scaling.methods.{method}.") from None
-    return conf
-
-
-def _assign(conf: DictConfig, key: str, value: Any) -> None:
-    """OmegaConf.update, except inside a free-form dict field (model.overrides) where the rest of the
-    dotted key is one literal key, as that field is written: {"vision.image_size": 32}."""
-    parts = key.split(".")
-    for i in range(1, len(parts)):
-        node = OmegaConf.select(conf, ".".join(parts[:i]), default=None)
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
-            node[".".join(parts[i:])] = value
-            return
-    OmegaConf.update(conf, key, value, merge=True)
+def method_config(exp: ScalingExperiment, method: str) -> PretrainConfig:
+    """The base config with one method's overrides applied, through load_config (keys checked)."""
+    overrides = flatten(exp.section.methods[method] or {})
+    for key in overrides:
+        require(not any(key == r or key.startswith(r + ".") for r in RESERVED_KEYS), f"scaling.methods.{method}.{key}",
+               f"set by the scaling experiment for every point; methods may not override {list(RESERVED_KEYS)}")
+    return load_config(PretrainConfig, exp.base, overrides, where=f"scaling.methods.{method}.")
 
 
 # ---------------------------------------------------------------------------------------------- points
@@ -282,8 +184,7 @@ def plan_points(exp: ScalingExperiment) -> list[Point]:
     """Every (fraction, method) point with its derived PretrainConfig, smallest data size first (so an
     experiment cut short still has complete method pairs at the sizes it reached). Lists the shards
     but starts nothing."""
-    base = OmegaConf.to_object(exp.base)
-    sources = base.data.train_sources()
+    sources = exp.base.data.train_sources()
     listed = [resolve_shards(src.path, src.format)[0] for src in sources]
     subsets: dict[float, list[list[str]]] = {}
     for fraction in sorted(exp.section.fractions):
@@ -301,8 +202,7 @@ def plan_points(exp: ScalingExperiment) -> list[Point]:
         counts = [read_stats(c) for c in chosen]
         samples = None if None in counts else sum(counts)
         for method in exp.section.methods:
-            conf = method_config(exp, method)
-            cfg: PretrainConfig = OmegaConf.to_object(conf)
+            cfg = method_config(exp, method)
             cfg.name = point_name(method, fraction)
             cfg.output_dir = str(exp.out_dir)
             if cfg.ray.storage_path:  # checkpoints of two experiments must not share point names
@@ -333,97 +233,11 @@ def finished_summary(point: Point) -> Optional[dict]:
         return None
     saved_path = run_dir / "config.yaml"
     if saved_path.is_file():
-        saved = _flatten({k: v for k, v in OmegaConf.to_container(OmegaConf.load(saved_path)).items() if k != "ray"})
-        wanted = _flatten({k: v for k, v in to_dict(point.cfg).items() if k != "ray"})
+        saved = flatten({k: v for k, v in OmegaConf.to_container(OmegaConf.load(saved_path)).items() if k != "ray"})
+        wanted = flatten({k: v for k, v in to_dict(point.cfg).items() if k != "ray"})
         # Keys only one side has come from a raylpclip version that added or dropped a config field.
         differ = sorted(k for k in set(saved) & set(wanted) if saved[k] != wanted[k])
         if differ:
             raise ConfigError(f"scaling point {point.name}: {run_dir} finished with a different config "
                               f"({', '.join(differ[:5])}); delete that directory or choose another name")
     return json.loads(summary_path.read_text())
-
-
-# ---------------------------------------------------------------------------------------------- running
-
-def _prepare_synthetic(exp: ScalingExperiment) -> None:
-    """Generate the demo's procedural shards once into `<experiment>/data` and point the base config at them."""
-    from raylpclip.data.synthetic import SyntheticSpec, class_names
-    from raylpclip.commands.demo import write_synthetic
-
-    syn = exp.synthetic
-    train_dir, eval_dir = write_synthetic(syn, exp.out_dir / "data")
-    spec = SyntheticSpec(image_size=syn.image_size, label_by=syn.label_by)
-    exp.base.data.train, exp.base.data.eval = str(train_dir), str(eval_dir)
-    exp.base.data.format = "webdataset"
-    exp.base.data.image_size = syn.image_size
-    if not exp.base.eval.classnames:
-        exp.base.eval.classnames = class_names(spec)
-
-
-def _log(message: str) -> None:
-    print(f"[raylpclip] scaling {message}", flush=True)
-
-
-def run_scaling(exp: ScalingExperiment) -> dict:
-    """Run (or resume) every point, rewriting results.csv, scaling.png and summary.json after each one,
-    so a long experiment can be watched and a cut-short one still leaves its table."""
-    from raylpclip.runtime.train.pretrain_driver import run_pretrain  # Ray is imported only when points run
-
-    start = time.perf_counter()
-    out = exp.out_dir
-    out.mkdir(parents=True, exist_ok=True)
-    if exp.synthetic is not None:
-        _prepare_synthetic(exp)
-    points = plan_points(exp)
-    OmegaConf.save(OmegaConf.create({"base": OmegaConf.to_container(exp.base),
-                                     "scaling": OmegaConf.to_container(OmegaConf.structured(exp.section))}),
-                   out / "config.yaml")
-    sizes = ", ".join(f"{f:g}: {next(p.shards for p in points if p.fraction == f)} shards / "
-                      f"{next(p.train_samples for p in points if p.fraction == f)} samples"
-                      for f in sorted(exp.section.fractions))
-    budget = (f"{exp.section.epochs:g} epochs per size" if exp.section.epochs is not None
-              else f"{points[0].cfg.train.steps} steps per point (compute-matched)")
-    _log(f"{exp.name}: {len(points)} points ({len(exp.section.methods)} methods x {len(exp.section.fractions)} "
-         f"sizes; {sizes}), {budget}, metric {exp.section.metric}; output {out}")
-    rows, ran, skipped = [], 0, 0
-    for i, point in enumerate(points, 1):
-        tag = f"point {i}/{len(points)} {point.name}"
-        summary = finished_summary(point)
-        if summary is not None:
-            skipped += 1
-            _log(f"{tag}: finished before ({point.cfg.run_dir / 'summary.json'}), "
-                 f"{exp.section.metric} {_fmt(summary.get(exp.section.metric))}; skipped")
-        else:
-            _log(f"{tag}: {point.shards} shards, {point.train_samples} samples, "
-                 f"{point.cfg.train.steps} steps of {point.cfg.train.batch_size}")
-            summary = run_pretrain(point.cfg)
-            ran += 1
-            _log(f"{tag}: {exp.section.metric} {_fmt(summary.get(exp.section.metric))} in {summary['wall_s']:.0f}s")
-        rows.append(report.result_row(point, summary))
-        result = _write_outputs(exp, rows, points_run=ran, points_skipped=skipped, wall_s=time.perf_counter() - start)
-    return result
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def _write_outputs(exp: ScalingExperiment, rows: list[dict], *, points_run: int, points_skipped: int,
-                   wall_s: float) -> dict:
-    s = exp.section
-    out = exp.out_dir
-    csv_path = report.write_csv(rows, out / "results.csv")
-    gains = report.gains(rows, metric=s.metric, baseline=s.baseline, treatment=s.treatment)
-    plot_path = report.plot_scaling(rows, gains, out / "scaling.png", metric=s.metric, baseline=s.baseline,
-                                    treatment=s.treatment, title=exp.name)
-    summary = {
-        "name": exp.name, "out_dir": str(out.resolve()), "metric": s.metric, "baseline": s.baseline,
-        "treatment": s.treatment, "fractions": sorted(s.fractions), "methods": list(s.methods),
-        "budget": {"epochs": s.epochs} if s.epochs is not None else {"steps": "fixed"},
-        "points": rows, "gains": gains, "gain_grows_with_data": report.grows(gains),
-        "complete": len(rows) == len(s.fractions) * len(s.methods),
-        "points_run": points_run, "points_skipped": points_skipped, "wall_s": wall_s,
-        "results_csv": str(csv_path.resolve()), "plot": str(plot_path.resolve()),
-    }
-    write_summary(out, summary)
-    return summary

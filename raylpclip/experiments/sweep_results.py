@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from raylpclip.experiments.sweep_space import Dim
+from raylpclip.experiments.search_expressions import Dim
 
 DONE, STOPPED, ERROR, NO_METRIC = "done", "stopped early", "error", "no metric"
 

@@ -2,11 +2,8 @@
 the base config a sweep varies, and how many trials fit on a cluster at once.
 
 A sweep YAML is a pretrain config (inline keys, or `base:` naming a pretrain or demo YAML) plus a
-`sweep:` section whose `space` maps the same dotted keys as the command line to search expressions:
-
-    optim.lr: loguniform(1e-5, 1e-3)     uniform(a, b), randint(a, b) (b excluded), choice(x, y, ...)
-    psd.a_max: [0.2, 0.5]                a list is a choice
-    train.steps: 200                     a plain value is a fixed override for every trial
+`sweep:` section whose `space` maps the same dotted keys as the command line to search expressions
+(experiments/search_expressions.py).
 
 Every trial's config is `load_config(PretrainConfig, base, overrides)`, the path every command uses, so
 a sampled value is validated exactly as one typed on the command line.
@@ -14,23 +11,20 @@ a sampled value is validated exactly as one typed on the command line.
 
 from __future__ import annotations
 
-import json
-import re
-import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, get_origin, get_type_hints
 
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from raylpclip.config import ConfigError, PretrainConfig, load_config, to_dict
-from raylpclip.commands.demo import DemoConfig, SyntheticDataConfig
+from raylpclip.config import ConfigError, PretrainConfig, flatten, load_config, require, to_dict
+from raylpclip.experiments.demo_data import SyntheticDataConfig
+from raylpclip.experiments.experiment_file import read_experiment
+from raylpclip.experiments.search_expressions import Dim, parse_value
 
 SEARCHES = ("optuna", "random", "grid")
 SCHEDULERS = ("asha", "none")
 EVAL_METRICS = ("acc1", "acc5", "mean_per_class_recall")  # need a labelled eval set
-DISTRIBUTIONS = ("loguniform", "uniform", "randint", "choice")
-_EXPR = re.compile(r"^\s*([a-z_]+)\s*\((.*)\)\s*$", re.DOTALL)
 
 
 @dataclass
@@ -58,20 +52,8 @@ class SweepFile:
     sweep: SweepConfig = field(default_factory=SweepConfig)
     synthetic: Optional[SyntheticDataConfig] = None  # generate demo data instead of data.train/data.eval
 
-
-@dataclass
-class Dim:
-    """One swept key: `kind` is one of DISTRIBUTIONS; `args` its bounds or its choices."""
-
-    key: str
-    kind: str
-    args: list
-
-    def corners(self) -> list:
-        """The values every trial's value lies between (bounds) or among (choices): checked up front."""
-        if self.kind == "randint":
-            return [self.args[0], self.args[1] - 1]
-        return list(self.args)
+    def check(self) -> None:
+        validate_sweep(self.sweep)
 
 
 @dataclass
@@ -91,92 +73,6 @@ class SweepSpec:
     @property
     def sweep_dir(self) -> Path:
         return self.base.run_dir
-
-
-# ---------------------------------------------------------------------------------------------------
-# Search-space expressions
-
-
-def parse_value(key: str, value: Any) -> Dim | None:
-    """A `space` entry as a Dim, or None for a plain (fixed) value. Errors name the key."""
-    where = f"config key 'sweep.space.{key}'"
-    if isinstance(value, (list, tuple)):
-        return Dim(key, "choice", _choices(where, list(value)))
-    if not isinstance(value, str):
-        return None
-    found = _EXPR.match(value)
-    if not found:
-        if "(" in value or ")" in value:
-            raise ConfigError(f"{where}: cannot parse {value!r}; expected one of "
-                              f"{', '.join(d + '(...)' for d in DISTRIBUTIONS)}, a list, or a plain value")
-        return None
-    kind, tokens = found.group(1), _split_args(found.group(2))
-    if any(not t.strip() for t in tokens):
-        raise ConfigError(f"{where}: empty argument in {value!r}")
-    args = [_scalar(t) for t in tokens]
-    if kind not in DISTRIBUTIONS:
-        raise ConfigError(f"{where}: unknown distribution {kind!r} in {value!r}; expected one of {list(DISTRIBUTIONS)}")
-    if kind == "choice":
-        return Dim(key, kind, _choices(where, args))
-    if len(args) != 2 or not all(_is_number(a) for a in args):
-        raise ConfigError(f"{where}: {kind} takes two numbers (low, high), got {value!r}")
-    low, high = args
-    if kind == "randint" and not all(isinstance(a, int) for a in args):
-        raise ConfigError(f"{where}: randint takes two integers (low, high excluded), got {value!r}")
-    if not low < high:
-        raise ConfigError(f"{where}: expected low < high, got {value!r}")
-    if kind == "loguniform" and low <= 0:
-        raise ConfigError(f"{where}: loguniform needs 0 < low < high, got {value!r}")
-    return Dim(key, kind, [low, high])
-
-
-def _split_args(text: str) -> list[str]:
-    """Comma-separated arguments; commas inside quotes belong to the string."""
-    tokens, current, quote = [], "", ""
-    for ch in text:
-        if quote:
-            quote = "" if ch == quote else quote
-        elif ch in "\"'":
-            quote = ch
-        elif ch == ",":
-            tokens.append(current)
-            current = ""
-            continue
-        current += ch
-    tokens.append(current)
-    return [] if tokens == [""] or not text.strip() else tokens
-
-
-def _scalar(token: str) -> Any:
-    """An argument as the command line would read it: number, bool, null or (quoted or bare) string."""
-    token = token.strip()
-    if len(token) >= 2 and token[0] == token[-1] and token[0] in "\"'":
-        return token[1:-1]
-    lowered = token.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    if lowered in ("null", "none", "~"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(token)
-        except ValueError:
-            pass
-    return token
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _choices(where: str, values: list) -> list:
-    if not values:
-        raise ConfigError(f"{where}: a choice needs at least one value")
-    bad = [v for v in values if not (v is None or isinstance(v, (bool, int, float, str)))]
-    if bad:
-        raise ConfigError(f"{where}: choices must be numbers, strings, booleans or null (got {bad!r}); "
-                          "sweep a list-valued key through a fixed base value instead")
-    return values
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -205,27 +101,16 @@ def check_key(key: str) -> None:
         raise ConfigError(f"config key 'sweep.space.{key}': names a whole section; sweep one of its keys")
 
 
-def override(key: str, value: Any) -> str:
-    """`key=value` as typed on the command line. JSON is YAML, so strings, numbers (1e-05 included),
-    booleans, null and lists read back as what they were."""
-    return f"{key}={json.dumps(plain(value))}"
-
-
 def plain(value: Any) -> Any:
     """Search algorithms hand out numpy scalars; configs and JSON want Python ones."""
     return value.item() if hasattr(value, "item") else value
 
 
 def trial_config(base: PretrainConfig | dict, values: dict[str, Any], **replace: Any) -> PretrainConfig:
-    """One trial's config: the base with the sampled values as command-line overrides, through
-    load_config (the same validation as `raylpclip pretrain base.yaml key=value ...`). `replace`
-    sets top-level keys (name, output_dir) for the trial's own run."""
-    data = base if isinstance(base, dict) else to_dict(base)
-    overrides = [override(k, v) for k, v in values.items()] + [override(k, v) for k, v in replace.items()]
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "base.yaml"
-        OmegaConf.save(OmegaConf.create(data), str(path))
-        return load_config(PretrainConfig, str(path), overrides)
+    """One trial's config: the base with the sampled values as overrides, through load_config (the same
+    merge and checks as `raylpclip pretrain base.yaml key=value ...`). `replace` sets top-level keys
+    (name, output_dir) for the trial's own run."""
+    return load_config(PretrainConfig, base, {**{k: plain(v) for k, v in values.items()}, **replace})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,27 +118,9 @@ def trial_config(base: PretrainConfig | dict, values: dict[str, Any], **replace:
 
 
 def load_sweep(path: str | None, overrides: Sequence[str] = ()) -> SweepSpec:
-    """defaults <- base YAML <- the sweep YAML's inline keys <- command-line overrides.
-
-    `sweep.*`, `synthetic.*` and `base=` overrides go to the sweep's own keys, the rest to the pretrain
-    config. Errors are ConfigError naming the key."""
-    raw = _load_yaml(path) if path else OmegaConf.create({})
-    own = {k: raw.pop(k) for k in ("base", "sweep", "synthetic") if k in raw}
-    mine = [o for o in overrides if o.split("=", 1)[0].split(".")[0] in ("base", "sweep", "synthetic")]
-    rest = [o for o in overrides if o not in mine]
-    sweep_file = _typed(SweepFile, OmegaConf.create(own), mine)
-    validate_sweep(sweep_file.sweep)
-
-    base_data, synthetic = _base(sweep_file.base, path)
-    if sweep_file.synthetic is not None:  # inline synthetic keys refine the base's
-        synthetic = sweep_file.synthetic if synthetic is None else _typed(
-            SyntheticDataConfig, OmegaConf.merge(OmegaConf.structured(synthetic), own.get("synthetic", {})), ())
-    merged = OmegaConf.merge(base_data, raw)
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp_path = Path(tmp) / "pretrain.yaml"
-        OmegaConf.save(merged, str(tmp_path))
-        base = load_config(PretrainConfig, str(tmp_path), rest)
-
+    """defaults <- base YAML <- the sweep YAML's inline keys <- command-line overrides
+    (experiments/experiment_file.py). Errors are ConfigError naming the key."""
+    sweep_file, base = read_experiment(path, overrides, SweepFile)
     dims, fixed = [], {}
     for key, value in sweep_file.sweep.space.items():
         check_key(key)
@@ -267,47 +134,13 @@ def load_sweep(path: str | None, overrides: Sequence[str] = ()) -> SweepSpec:
                           "(loguniform/uniform/randint/choice or a list)")
     if fixed:
         base = trial_config(base, fixed)
-    spec = SweepSpec(base=base, settings=sweep_file.sweep, dims=dims, fixed=fixed, synthetic=synthetic)
+    spec = SweepSpec(base=base, settings=sweep_file.sweep, dims=dims, fixed=fixed, synthetic=sweep_file.synthetic)
     _check_metric(spec)
     return spec
 
 
-def _load_yaml(path: str) -> DictConfig:
-    if not Path(path).is_file():
-        raise ConfigError(f"config file not found: {path}")
-    loaded = OmegaConf.load(path)
-    if not isinstance(loaded, DictConfig):
-        raise ConfigError(f"config file {path}: expected a mapping of keys, got a {type(loaded).__name__}")
-    return loaded
-
-
-def _base(base: str, sweep_path: str | None) -> tuple[DictConfig, Optional[SyntheticDataConfig]]:
-    """The base's pretrain keys; a demo YAML (`pretrain:`/`synthetic:` sections) brings the demo's
-    defaults and its synthetic data."""
-    if not base:
-        return OmegaConf.create({}), None
-    found = Path(base)
-    if not found.is_file() and sweep_path and (Path(sweep_path).parent / base).is_file():
-        found = Path(sweep_path).parent / base  # relative to the sweep YAML
-    if not found.is_file():
-        raise ConfigError(f"config key 'base': file not found: {base}")
-    loaded = _load_yaml(str(found))
-    if set(loaded.keys()) & {"pretrain", "synthetic"}:
-        demo = load_config(DemoConfig, str(found))
-        return OmegaConf.create(to_dict(demo.pretrain)), demo.synthetic
-    return loaded, None
-
-
-def _typed(cls, data: Any, overrides: Sequence[str]):
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "section.yaml"
-        OmegaConf.save(data if isinstance(data, (DictConfig, ListConfig)) else OmegaConf.create(data), str(path))
-        return load_config(cls, str(path), list(overrides))
-
-
 def _require(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"config key 'sweep.{key}': {message}")
+    require(ok, f"sweep.{key}", message)
 
 
 def validate_sweep(s: SweepConfig) -> None:
@@ -406,17 +239,8 @@ def check_same_sweep(path: Path, plan: dict) -> None:
     under one name."""
     if not path.is_file():
         return
-    saved, now = _flat(OmegaConf.to_container(OmegaConf.load(path))), _flat(plan)
+    saved, now = flatten(OmegaConf.to_container(OmegaConf.load(path))), flatten(plan)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k) and k not in RESUME_FREE)
     if changed:
         raise ConfigError(f"sweep {path.parent.name!r} already exists in {path.parent} with other settings "
                           f"({', '.join(changed[:5])}); use another name to start a new sweep")
-
-
-def _flat(tree: Any, prefix: str = "") -> dict:
-    if isinstance(tree, dict):
-        out: dict = {}
-        for k, v in tree.items():
-            out.update(_flat(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: tree}

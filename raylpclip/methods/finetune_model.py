@@ -56,7 +56,7 @@ class ImageClassifier(nn.Module):
 
 
 def set_trainable(model: ImageClassifier, *, trainable: str, train_head: bool) -> ImageClassifier:
-    """Mark which parameters train (see finetune_config.TRAINABLE); the rest get requires_grad False."""
+    """Mark which parameters train (see commands/finetune.py, TRAINABLE); the rest get requires_grad False."""
     model.requires_grad_(True)
     if trainable == "image_no_embed":
         # Input embeddings are the most generic part of a ViT; freezing them keeps low-level features.

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
+from raylpclip.config import flatten
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -59,9 +61,10 @@ def _config_keys(config_cls: type) -> set[str]:
 
 
 def _apply_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> None:
-    """Write flat overrides (`"vision.image_size"`, `"projection_dim"`) into `spec` in place."""
+    """Write overrides (`"vision.image_size"`, `"projection_dim"`, flat or nested: a YAML mapping and the command
+    line's `model.overrides.vision.image_size=32` arrive nested) into `spec` in place."""
     top_keys = _config_keys(CLIPConfig) - {"vision_config", "text_config"}
-    for key, value in overrides.items():
+    for key, value in flatten(overrides).items():
         tower, _, name = key.rpartition(".")
         if tower in _TOWER_CONFIGS and name in _config_keys(_TOWER_CONFIGS[tower]):
             spec[tower][name] = value

@@ -14,13 +14,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from raylpclip import batch_schema
-from raylpclip.config import DataConfig, PretrainConfig, SourceConfig, load_config
+from raylpclip.config import DataConfig, PretrainConfig, load_config
 from raylpclip.data.decode import DataError
 from raylpclip.data.shard_writer import sample_key, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.models.bpe_tokenizer import train_tokenizer
 from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.data.decode_pool import source_dataset
+from raylpclip.data.shard_files import resolve_shards
+from raylpclip.runtime.data.decode_pool import train_source
 from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 from .conftest import small_run
@@ -72,7 +73,8 @@ def tokenizer(tmp_path_factory):
 def _rows_and_skips(path: str, tokenizer, *, read_in_decoders: bool = True, fused: bool | None = None) -> tuple[int, dict]:
     counter = counters.new_counter()
     cfg = DataConfig(image_size=32, read_in_decoders=read_in_decoders)
-    ds = source_dataset(SourceConfig(path=path), cfg, tokenizer=tokenizer, counter=counter)
+    files, fmt = resolve_shards(path)
+    ds = train_source(files, fmt=fmt, cfg=cfg, tokenizer=tokenizer, counter=counter)
     rows = sum(len(b[batch_schema.LABEL]) for b in ds.iter_batches(batch_size=64))
     if fused is not None:  # the decode actors read the shards themselves: Ray Data fused the two
         assert ("ReadReadWebDataset->MapBatches(CountingDecoder)" in ds.stats()) == fused

@@ -20,7 +20,8 @@ from ray.util.state import list_actors
 
 from raylpclip.cli import main
 from raylpclip.engine.checkpoint_state import load_state
-from raylpclip.methods.finetune_config import load_finetune_config
+from raylpclip.commands.finetune import FinetuneConfig
+from raylpclip.config import load_config
 from raylpclip.models.classifier import load_classifier, load_encoder
 
 pytestmark = pytest.mark.ray
@@ -83,7 +84,7 @@ def test_carft_run_writes_loadable_classifiers_and_resumes(ray_session, syntheti
     # Same name again: Ray Train hands back the finished run's checkpoint, nothing retrains.
     from raylpclip.runtime.train.finetune_driver import run_finetune
 
-    again = run_finetune(load_finetune_config(None, overrides))
+    again = run_finetune(load_config(FinetuneConfig, None, overrides))
     assert again["step"] == STEPS and again["checkpoint"] == summary["checkpoint"]
     assert again["id"]["carft"]["acc1"] == summary["id"]["carft"]["acc1"]
 

@@ -18,10 +18,12 @@ import pytest
 import torch
 
 from raylpclip.commands.evaluate import cmd_eval
-from raylpclip.methods.lpclip import LPCLIPConfig
+from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.models.classifier import load_classifier, load_encoder, zeroshot_head
 from raylpclip.runtime.train import probe_driver as probe_module
-from raylpclip.runtime.train.probe_driver import load_probe_config, run_probe, train_probes
+from raylpclip.commands.probe import ProbeConfig
+from raylpclip.config import load_config
+from raylpclip.runtime.train.probe_driver import run_probe, train_probes
 from raylpclip.runtime.train.probe_worker import probe_worker
 from tests.drills.worker_kills import TraceRecords, kill_worker_when
 
@@ -34,7 +36,7 @@ SMALL_EVAL = ["robustness.corruptions=[gaussian_noise,contrast]", "robustness.se
 @pytest.fixture(scope="module")
 def probe_run(synthetic_shards, tiny_clip_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("probe")
-    cfg = load_probe_config(None, [
+    cfg = load_config(ProbeConfig, None, [
         f"model={tiny_clip_dir}", f"data.train={synthetic_shards['webdataset']}", f"data.eval={synthetic_shards['eval']}",
         f"output_dir={out}", "name=lp", "max_train_samples=300", "lpclip.epochs=2", "lpclip.batch_size=64",
         "train.num_workers=2", "data.decode_concurrency=1", *SMALL_EVAL])

@@ -8,7 +8,8 @@ import json
 
 import pytest
 
-from raylpclip.experiments.scaling_plan import load_scaling, run_scaling
+from raylpclip.experiments.scaling_plan import load_scaling
+from raylpclip.runtime.tune.scaling_runner import run_scaling
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -3,6 +3,7 @@ refuses requests without the cluster's token, and the Ray Data readers never unp
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import os
@@ -14,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from raylpclip import batch_schema
-from raylpclip.config import DataConfig, SourceConfig
+from raylpclip.config import DataConfig
 from raylpclip.models.bpe_tokenizer import train_tokenizer
-from raylpclip.runtime.data.decode_pool import source_dataset
-from raylpclip.runtime.data.shard_reader import train_source
+from raylpclip.runtime.data.decode_pool import eval_dataset, train_source
 
 from ..unit.test_security import payload_bytes, shard_with_payloads
 
@@ -92,7 +92,7 @@ def test_readers_never_unpickle_shard_members(ray_session, tmp_path, tokenizer, 
     if reader == "positioned":
         ds = train_source([str(shard)], fmt="webdataset", cfg=cfg, tokenizer=tokenizer)
     else:
-        ds = source_dataset(SourceConfig(path=str(shard.parent)), cfg, tokenizer=tokenizer)
+        ds = eval_dataset(dataclasses.replace(cfg, eval=str(shard.parent)), tokenizer=tokenizer)  # no positions
     rows = sum(len(b[batch_schema.IMAGE]) for b in ds.iter_batches(batch_size=4))
     assert rows == 8
     assert not proof.exists()

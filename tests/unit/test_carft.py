@@ -18,7 +18,8 @@ from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES
 from raylpclip.methods.carft import (FinetuneTask, carft_loss, context_scale, context_weights, wise_ft)
-from raylpclip.methods.finetune_config import FinetuneConfig, load_finetune_config
+from raylpclip.commands.finetune import FinetuneConfig
+from raylpclip.config import load_config
 from raylpclip.methods.finetune_model import (ImageClassifier, ImageEncoder, evaluate_classifier, frozen_copy,
                                               labelled_only, set_trainable)
 from raylpclip.models.classifier import context_length, load_encoder, zeroshot_head
@@ -248,7 +249,7 @@ def test_config_defaults_follow_methods_md():
 ])
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[")):
-        load_finetune_config(None, [override])
+        load_config(FinetuneConfig, None, [override])
 
 
 def test_cli_refuses_a_run_without_model_before_ray(capsys):
@@ -258,6 +259,6 @@ def test_cli_refuses_a_run_without_model_before_ray(capsys):
 
 def test_core_imports_without_ray():
     code = ("import sys; import raylpclip.methods.carft, raylpclip.methods.finetune_model, "
-            "raylpclip.methods.finetune_config, raylpclip.commands.finetune; print('ray' in sys.modules)")
+            "raylpclip.commands.finetune; print('ray' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False", out.stdout + out.stderr

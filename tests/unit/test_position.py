@@ -10,7 +10,7 @@ import pytest
 from raylpclip import batch_schema
 from raylpclip.data.stream_position import (PositionTracker, RangeSet, SourcePosition, dumps, files_fingerprint, loads,
                                         merge, pack, shard_of)
-from raylpclip.runtime.data.shard_reader import _Positions, path_key
+from raylpclip.runtime.data.row_positions import RowPositions, path_key
 
 
 def test_rangeset_from_positions_by_hand():
@@ -75,7 +75,7 @@ def test_position_file_round_trip_and_version_check():
 
 
 def test_reader_positions_rows_and_skips_consumed_ones():
-    reader = _Positions()
+    reader = RowPositions()
     files = ["s3://bucket/data/00000.tar", "s3://bucket/data/00001.tar"]
     reader._init_positions(files, RangeSet.of(pack(1, np.array([0, 1, 2, 5]))))
     blocks = [pa.table({"__key__": [f"k{i}" for i in range(4)]}), pa.table({"__key__": ["k4", "k5", "k6"]})]
@@ -94,11 +94,11 @@ def test_reader_positions_rows_and_skips_consumed_ones():
 def test_parquet_reader_positions_rows_in_file_order(tmp_path):
     import pyarrow.parquet as pq
 
-    from raylpclip.runtime.data.shard_reader import PositionedParquet
+    from raylpclip.runtime.data.parquet_source import ParquetShards
 
     path = tmp_path / "00001.parquet"
     pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(600)], "txt": ["x"] * 600}), path, row_group_size=250)
-    reader = PositionedParquet([str(path)], files=[str(tmp_path / "00000.parquet"), str(path)],
+    reader = ParquetShards([str(path)], files=[str(tmp_path / "00000.parquet"), str(path)],
                                skip=RangeSet.of(pack(1, np.arange(0, 300))), rows_per_block=128)
     with open(path, "rb") as f:
         tables = list(reader._read_stream(pa.PythonFile(f, mode="r"), str(path)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raylpclip.config import DataConfig
-from raylpclip.runtime.data.decode_pool import ROWS_PER_BLOCK, SEPARATE_READS, read_plan
+from raylpclip.runtime.data.read_plan import ROWS_PER_BLOCK, SEPARATE_READS, read_plan
 
 
 @pytest.mark.parametrize("image_size, rows", [(64, 1024), (224, 256)])

@@ -12,7 +12,7 @@ from raylpclip import batch_schema
 from raylpclip.eval.calibration import robustness_metrics
 from raylpclip.models.classifier import Classifier
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime.data.robustness_eval import EvalOutput, _classification, report, summary_table
+from raylpclip.eval.robustness_report import EvalOutput, classification_rows, report, summary_table
 
 
 def _rows():
@@ -39,7 +39,7 @@ def test_classification_rows_use_each_heads_logits():
     parts = {batch_schema.LABEL: [labels], "logits_clean": [logits], "logits_fog@1": [logits[:, ::-1].copy()]}
     members = {"x": Classifier("e", LinearProbe(4, 3), ["p", "q", "r"], "zeroshot"),
                "y": Classifier("e", LinearProbe(4, 3), ["p", "q", "r"], "lpclip")}
-    rows, bins = _classification(members, parts, ["clean", "fog@1"], n_bins=15)
+    rows, bins = classification_rows(members, parts, ["clean", "fog@1"], n_bins=15)
     by_key = {(r["classifier"], r["view"]): r for r in rows}
     expected = robustness_metrics(torch.from_numpy(logits[:, 1]), torch.from_numpy(labels))
     assert by_key[("y", "clean")]["ece"] == pytest.approx(expected["ece"])
@@ -47,7 +47,7 @@ def test_classification_rows_use_each_heads_logits():
     assert set(bins) == {"x", "y"}
     parts[batch_schema.LABEL] = [np.array([0, -1, 2, 1])]
     with pytest.raises(ValueError, match="1 test images have no `label`"):
-        _classification(members, parts, ["clean"], n_bins=15)
+        classification_rows(members, parts, ["clean"], n_bins=15)
 
 
 def test_report_writes_tables_and_plots(tmp_path):

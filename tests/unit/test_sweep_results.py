@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from raylpclip.experiments import sweep_results as sr
-from raylpclip.experiments.sweep_space import Dim
+from raylpclip.experiments.search_expressions import Dim
 
 DIMS = [Dim("optim.lr", "loguniform", [1e-4, 1e-2]), Dim("psd.a_max", "choice", [0.0, 0.5])]
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import tempfile
 import textwrap
 
 import pytest
 
 from raylpclip.config import ConfigError, PretrainConfig, load_config, save_config
-from raylpclip.experiments.sweep_space import (Dim, asha_settings, check_key, check_same_sweep, corner_configs, load_sweep,
-                                   max_concurrent, override, parse_value, sweep_plan, trial_config, trial_need)
+from raylpclip.experiments.search_expressions import Dim, parse_value
+from raylpclip.experiments.sweep_space import (asha_settings, check_key, check_same_sweep, corner_configs, load_sweep,
+                                               max_concurrent, sweep_plan, trial_config, trial_need)
 
 
 @pytest.mark.parametrize("text, kind, args", [
@@ -70,6 +73,11 @@ def test_known_keys_pass():
         check_key(key)
 
 
+def override(key, value) -> str:
+    """`key=value` as a user types it on the command line (JSON is YAML)."""
+    return f"{key}={json.dumps(value)}"
+
+
 def test_override_round_trips_values_as_the_command_line_reads_them():
     cfg = load_config(PretrainConfig, None, [override("optim.lr", 1e-05), override("psd.teacher", "ema"),
                                              override("train.steps", 7), override("psd.teacher_temperature", None),
@@ -77,6 +85,28 @@ def test_override_round_trips_values_as_the_command_line_reads_them():
     assert cfg.optim.lr == 1e-05 and isinstance(cfg.optim.lr, float)
     assert (cfg.psd.teacher, cfg.train.steps, cfg.psd.teacher_temperature) == ("ema", 7, None)
     assert cfg.eval.templates == ["x {}", "y {}"]
+
+
+def test_a_trial_config_is_load_config_of_the_same_overrides(tmp_path, monkeypatch):
+    """A Tune trial's sampled values (numpy scalars included) go through load_config as a mapping, with no
+    temporary file: the same config as typing them on the command line over the same base YAML."""
+    import numpy as np
+
+    base_yaml = _write(tmp_path, "base.yaml", "data: {train: /d, eval: /e}\ntrain: {num_workers: 2}\n")
+    base = load_config(PretrainConfig, base_yaml)
+    values = {"optim.lr": np.float64(1e-05), "psd.a_max": 0.25, "train.batch_size": np.int64(64),
+              "psd.teacher_temperature": None, "model.overrides.vision.image_size": 32}
+    def no_temporary_files(*args, **kwargs):
+        raise AssertionError("a trial's config must not go through a temporary file")
+
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temporary_files)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temporary_files)
+    trial = trial_config(base, values, name="t1")
+    typed = load_config(PretrainConfig, base_yaml, [override(k, v.item() if hasattr(v, "item") else v)
+                                                    for k, v in values.items()] + ["name=t1"])
+    assert trial == typed
+    assert isinstance(trial.train.batch_size, int) and trial.optim.lr == 1e-05
+
 
 
 def test_trial_config_validates_like_the_command_line():

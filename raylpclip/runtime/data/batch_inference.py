@@ -9,7 +9,6 @@ through every head of an encoder in one pass).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -18,32 +17,17 @@ import torch
 from ray.data import Dataset
 
 from raylpclip import batch_schema
-from raylpclip.config import DataConfig
-from raylpclip.data.shards import resolve_shards
+from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX, TEXT_FEATURES
+from raylpclip.config import DataConfig, InferenceConfig
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.tokenization import text_encoder
 from raylpclip.data.views import IMAGE_PREFIX, ViewDecoder
 from raylpclip.engine.loop import autocast
 from raylpclip.models.classifier import load_encoder
 from raylpclip.models.clip import normalize_images
 from raylpclip.models.head import LinearProbe
-from raylpclip.runtime.data.decode_pool import read_shards
+from raylpclip.runtime.data.shard_reader import read_shards
 
-FEATURE_PREFIX = "feat_"
-LOGITS_PREFIX = "logits_"
-TEXT_FEATURES = "text_feat"
-
-
-@dataclass
-class InferenceConfig:
-    """How the encoder actors run (shared by `probe` and `eval`)."""
-
-    batch_size: int = 256  # images per encoder call
-    actors: int = 1  # encoder actors (one model each); on GPUs, one per GPU
-    cpus_per_actor: float = 1.0
-    threads: int = 2  # torch intra-op threads per CPU actor
-    use_gpu: bool = False
-    precision: str = "fp32"  # fp32 | bf16
-    decode_batch_size: int = 64  # rows per view-making task (corruptions multiply the work per row)
 
 
 def stack_heads(heads: Sequence[LinearProbe]) -> tuple[np.ndarray, np.ndarray]:
@@ -113,7 +97,7 @@ def view_dataset(paths: str, data: DataConfig, *, views: Sequence[str], limit: i
                  counter=None, batch_size: int = 64) -> Dataset:
     """Shards -> one row per usable image with an `view_<view>` column per view (CPU tasks)."""
     files, fmt = resolve_shards(paths, data.format)
-    ds = read_shards(files, fmt=fmt, s3=data.s3, counter=counter)
+    ds, _ = read_shards(files, fmt=fmt, s3=data.s3, counter=counter)
     if limit:
         ds = ds.limit(limit)
     return ds.map_batches(

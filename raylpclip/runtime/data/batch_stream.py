@@ -30,12 +30,12 @@ import torch
 from ray.data.block import BlockAccessor
 
 from raylpclip import batch_schema
-from raylpclip.config import PretrainConfig
+from raylpclip.config import DataConfig
 from raylpclip.data.mixing import mix_batches
 from raylpclip.data.shuffle import shuffled
 from raylpclip.distributed import gather_objects
 from raylpclip.data.stream_position import PositionTracker, SourcePosition, files_fingerprint, merge
-from raylpclip.runtime.data.shard_reader import train_source
+from raylpclip.runtime.data.decode_pool import train_source
 
 
 def source_names(n: int) -> list[str]:
@@ -46,11 +46,11 @@ def source_names(n: int) -> list[str]:
 class TrainStreams:
     """The batches of one Train worker and the bookkeeping of what they consumed."""
 
-    def __init__(self, cfg: PretrainConfig, *, files: list[list[str]], formats: list[str], tokenizer,
-                 restored: list[SourcePosition] | None, counter=None, trace=None, filesystems: list | None = None,
+    def __init__(self, data: DataConfig, *, files: list[list[str]], formats: list[str], tokenizer,
+                 restored: list[SourcePosition] | None = None, counter=None, trace=None, filesystems: list | None = None,
                  say: Callable[[str], None] = print):
         ctx = ray.train.get_context()
-        self.cfg, self.files, self.formats, self.tokenizer, self.counter = cfg, files, formats, tokenizer, counter
+        self.data, self.files, self.formats, self.tokenizer, self.counter = data, files, formats, tokenizer, counter
         self.filesystems = filesystems or [None] * len(files)  # the driver's (see positioned.read_positioned)
         self.rank, self.world, self.trace, self.say = ctx.get_world_rank(), ctx.get_world_size(), trace, say
         self.names = source_names(len(files))
@@ -77,8 +77,8 @@ class TrainStreams:
         streams = [self._stream(i, micro_batch, remainders[i]) for i in range(len(self.files))]
         if len(streams) == 1:
             return streams[0]
-        weights = [s.weight for s in self.cfg.data.train_sources()]
-        return mix_batches(streams, weights, batch_size=micro_batch, seed=self.cfg.data.shuffle_seed + self.rank)
+        weights = [s.weight for s in self.data.train_sources()]
+        return mix_batches(streams, weights, batch_size=micro_batch, seed=self.data.shuffle_seed + self.rank)
 
     def _remainder(self, i: int):
         """This worker's split of the rest of source i's restored epoch, or None when there is none."""
@@ -87,8 +87,8 @@ class TrainStreams:
             return None  # the same on every rank: all restored the same checkpoint
         splits = None
         if self.rank == 0:
-            ds = train_source(self.files[i], fmt=self.formats[i], cfg=self.cfg.data, tokenizer=self.tokenizer,
-                              counter=self.counter, skip=pos.consumed, shuffle_seed=self.cfg.data.shuffle_seed + pos.epoch,
+            ds = train_source(self.files[i], fmt=self.formats[i], cfg=self.data, tokenizer=self.tokenizer,
+                              counter=self.counter, skip=pos.consumed, shuffle_seed=self.data.shuffle_seed + pos.epoch,
                               filesystem=self.filesystems[i])
             splits = None if ds is None else ds.streaming_split(self.world, equal=True)
             self.say(f"[raylpclip] data: epoch {pos.epoch} of {self.names[i]} resumes without the "
@@ -105,7 +105,7 @@ class TrainStreams:
             produced = yield from self._epoch(i, ray.train.get_dataset_shard(self.names[i]), micro_batch)
             if produced == 0:
                 raise RuntimeError(
-                    f"training data {self.cfg.data.train_sources()[i].path!r} gave worker no full batch of "
+                    f"training data {self.data.train_sources()[i].path!r} gave worker no full batch of "
                     f"{micro_batch} samples in an epoch: too few usable samples for train.batch_size and "
                     "train.num_workers")
             self.trackers[i].next_epoch()
@@ -114,8 +114,8 @@ class TrainStreams:
         """One pass over `shard` in fixed-size batches (drop_last: the gathered loss needs equal
         shapes on every worker); returns the number of batches."""
         produced = 0
-        for batch in shard_batches(shard, micro_batch=micro_batch, buffer=self.cfg.data.shuffle_buffer,
-                                   seed=self.cfg.data.shuffle_seed + self.trackers[i].epoch):
+        for batch in shard_batches(shard, micro_batch=micro_batch, buffer=self.data.shuffle_buffer,
+                                   seed=self.data.shuffle_seed + self.trackers[i].epoch):
             positions = batch.pop(batch_schema.POSITION, None)
             if positions is not None:
                 # Yielded means consumed: the loop asks for a batch only to train on it right away.

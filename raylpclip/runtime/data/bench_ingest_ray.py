@@ -10,24 +10,35 @@ from __future__ import annotations
 
 import itertools
 import tempfile
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import ray.train
-from ray.train.torch import TorchTrainer
 
-from raylpclip.config import DataConfig, PretrainConfig, TrainConfig, from_dict, to_dict
-from raylpclip.runtime.data.shard_reader import train_source
-from raylpclip.runtime.train.pretrain_worker import batch_stream
+from raylpclip.config import DataConfig
+from raylpclip.runtime.data.batch_stream import TrainStreams
+from raylpclip.runtime.data.decode_pool import train_source
+from raylpclip.runtime.train.trainer_factory import make_trainer
 
 
-def _measuring_worker(loop_config: dict) -> None:
-    """Train worker: the trainer's own `batch_stream` over its dataset shard, the first `epoch_batches`
-    handed to `measure`, whose figures are reported once. (`batch_stream` goes on epoch after epoch;
-    the measured batches are within the first.)"""
-    cfg = from_dict(PretrainConfig, loop_config["config"])
-    stream = batch_stream(ray.train.get_dataset_shard("train"), micro_batch=cfg.train.batch_size, cfg=cfg)
-    epoch = itertools.islice(stream, loop_config["epoch_batches"])
-    metrics = loop_config["measure"](epoch, **loop_config["measure_kwargs"])
+@dataclass
+class MeasuringArgs:
+    data: DataConfig
+    files: list[str]
+    tokenizer: Any
+    batch_size: int
+    epoch_batches: int
+    measure: Callable[..., dict[str, Any]]
+    measure_kwargs: dict[str, Any]
+
+
+def _measuring_worker(args: MeasuringArgs) -> None:
+    """Train worker: the trainer's own batch stream (runtime/data/batch_stream.py) over its dataset shard,
+    the first `epoch_batches` handed to `measure`, whose figures are reported once. (The stream goes on
+    epoch after epoch; the measured batches are within the first.)"""
+    streams = TrainStreams(args.data, files=[args.files], formats=["webdataset"], tokenizer=args.tokenizer)
+    epoch = itertools.islice(streams.batches(args.batch_size), args.epoch_batches)
+    metrics = args.measure(epoch, **args.measure_kwargs)
     # Train v2 keeps only the metrics of reports that carry a checkpoint: an empty one carries these.
     with tempfile.TemporaryDirectory() as tmp:
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
@@ -41,14 +52,7 @@ def train_worker_metrics(files: Sequence[str], *, data: DataConfig, tokenizer, b
     batches of `batch_size`; `measure(batches: Iterator[dict], **measure_kwargs) -> metrics` runs in
     the worker (a module-level function: the worker imports it). Returns the metrics it reported."""
     ds = train_source(list(files), fmt="webdataset", cfg=data, tokenizer=tokenizer)
-    pretrain = PretrainConfig(data=data, train=TrainConfig(batch_size=batch_size, num_workers=1))
-    trainer = TorchTrainer(
-        _measuring_worker,
-        train_loop_config={"config": to_dict(pretrain), "epoch_batches": epoch_batches,
-                           "measure": measure, "measure_kwargs": measure_kwargs},
-        scaling_config=ray.train.ScalingConfig(num_workers=1, resources_per_worker={"CPU": 1}),
-        run_config=ray.train.RunConfig(name=name, storage_path=storage_path,
-                                       logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets={"train": ds},
-    )
+    args = MeasuringArgs(data, list(files), tokenizer, batch_size, epoch_batches, measure, measure_kwargs)
+    trainer = make_trainer(_measuring_worker, args, name=name, storage=storage_path, num_workers=1, use_gpu=False,
+                           resources={"CPU": 1}, datasets={"train": ds}, train_names=["train"])
     return trainer.fit().metrics or {}

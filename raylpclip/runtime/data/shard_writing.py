@@ -1,12 +1,13 @@
 """Writing img2dataset shards from a source's items with parallel Ray tasks.
 
 The driver cuts the item list into shard-sized chunks; each task reads and encodes one chunk's
-images and writes shard `i` with `raylpclip.data.shards.write_shard`. A shard's contents depend only
+images and writes shard `i` with `raylpclip.data.shard_writer.write_shard`. A shard's contents depend only
 on its chunk, so a retried task rewrites the same bytes under the same names.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -16,9 +17,11 @@ import fsspec
 import ray
 from fsspec.implementations.local import LocalFileSystem
 
+from raylpclip.config import RayConfig
 from raylpclip.data.shard_files import check_fmt
 from raylpclip.data.shard_writer import oom_sample_per_shard, write_shard
 from raylpclip.data.sources import SourceItem, SourceStats, iter_samples
+from raylpclip.runtime.cluster.session import ensure_ray
 
 # Files a shard writer leaves in its output directory (img2dataset's names) and our summary.
 SHARD_FILE = re.compile(r"^\d+(\.tar|\.parquet|_stats\.json)$")
@@ -133,3 +136,25 @@ def write_items(items: Sequence[SourceItem], out_dir: str, *, fmt: str = "webdat
     return WriteReport(out=out_dir, fmt=fmt, shards=len(chunks), samples=total.samples,
                        skipped=dict(total.skipped), skipped_examples=list(total.examples),
                        wall_s=time.perf_counter() - start)
+
+
+def write_items_on_ray(items: Sequence[SourceItem], out_dir: str, *, parallelism: int | None = None,
+                       ray_address: str = "", **write_options: Any) -> WriteReport:
+    """`write_items` on the Ray cluster at `ray_address` (or RAY_ADDRESS), else on a local instance
+    started for it and stopped again afterwards. `parallelism`: writer tasks at once (default: the CPU
+    count locally, unlimited on a cluster)."""
+    # The output directory is checked before Ray starts: a refused OUT fails in a second.
+    prepare_out_dir(out_dir, overwrite=write_options.get("overwrite", False),
+                    storage_options=write_options.get("storage_options"))
+    joined = bool(ray_address or os.environ.get("RAY_ADDRESS"))
+    started_here = not ray.is_initialized()
+    # No dashboard: nothing here queries Train state, and it costs a process and seconds to start.
+    ensure_ray(RayConfig(address=ray_address, dashboard=False))
+    # A local instance advertises more logical CPUs than cores (see ensure_ray); encoding is
+    # CPU-bound, so more tasks than cores would only add worker processes.
+    parallelism = parallelism or (None if joined else (os.cpu_count() or 1))
+    try:
+        return write_items(items, out_dir, max_in_flight=parallelism, **write_options)
+    finally:
+        if started_here:
+            ray.shutdown()

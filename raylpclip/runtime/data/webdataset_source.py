@@ -5,7 +5,8 @@ raises mid-stream) and loses the rows it had gathered from that shard. Here the 
 the damage are kept, the shard is counted as `bad_shard` and logged with its path, and reading goes on.
 Members stay bytes: nothing from a shard is ever unpickled or torch.loaded. Rows are what
 `read_webdataset(decoder=None)` gives: `__key__`, `__url__` and one binary column per extension
-(`jpg`, `txt`, `json`, ...); a sample that lacks a member has null there.
+(`jpg`, `txt`, `json`, ...); a sample that lacks a member has null there. Given its source's file list,
+the reader also gives each row its position (row_positions.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
 from raylpclip.data.readahead import ReadAhead
+from raylpclip.data.stream_position import RangeSet
 from raylpclip.data.tarstream import group_samples, readable_members
+from raylpclip.runtime.data.row_positions import RowPositions
 
 ROWS_PER_BLOCK = 256
 TEXT_COLUMNS = ("__key__", "__url__")
@@ -30,12 +33,13 @@ def to_block(rows: list[dict]) -> pa.Table:
                      for name in names})
 
 
-class TolerantWebDatasetDatasource(FileBasedDatasource):
+class WebDatasetShards(RowPositions, FileBasedDatasource):
     _FILE_EXTENSIONS = ["tar"]
 
-    def __init__(self, paths, *, counter=None, rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False,
-                 **file_based_kwargs):
+    def __init__(self, paths, *, files: list[str] | None = None, skip: RangeSet | None = None, counter=None,
+                 rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False, **file_based_kwargs):
         super().__init__(paths, **file_based_kwargs)
+        self._init_positions(files, skip)
         self._counter = counter
         self._rows_per_block = rows_per_block
         self._read_ahead = read_ahead
@@ -48,6 +52,9 @@ class TolerantWebDatasetDatasource(FileBasedDatasource):
             self._counter.add.remote({"bad_shard": 1})
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
+        yield from self._positioned(self._blocks(stream, path), path)
+
+    def _blocks(self, stream, path: str) -> Iterator[pa.Table]:
         with ReadAhead(stream) if self._read_ahead else contextlib.nullcontext(stream) as source:
             rows = []
             for sample in group_samples(readable_members(source, path, on_damage=self._count_bad_shard)):

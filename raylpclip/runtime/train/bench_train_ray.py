@@ -16,13 +16,16 @@ import ray
 import ray.train
 
 from raylpclip.config import PretrainConfig
-from raylpclip.runtime.data.decode_pool import source_dataset
+from raylpclip.data.shard_files import resolve_shards
+from raylpclip.runtime.data.decode_pool import train_source
 
 
 def premade_batch_ref(cfg: PretrainConfig, *, tokenizer, micro: int, count: int) -> ray.ObjectRef:
     """`count` micro-batches of rows decoded by the training pipeline itself (first source), as numpy,
     in the object store once for every round's task."""
-    ds = source_dataset(cfg.data.train_sources()[0], cfg.data, tokenizer=tokenizer)
+    src = cfg.data.train_sources()[0]
+    files, fmt = resolve_shards(src.path, src.format)
+    ds = train_source(files, fmt=fmt, cfg=cfg.data, tokenizer=tokenizer)
     batch = ds.take_batch(batch_size=micro * count)
     got = len(next(iter(batch.values())))
     if got < micro * count:

@@ -9,29 +9,30 @@ for each WiSE-FT mixing weight, and summary.json.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray
-import ray.train
 import torch
 from ray.train.torch import TorchTrainer
 
-from raylpclip.config import ConfigError, save_config, to_dict
+from raylpclip.commands.finetune import FinetuneConfig
+from raylpclip.config import ConfigError, save_config
 from raylpclip.data.metadata import label_names
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.methods.carft import context_scale, context_weights, wise_ft
-from raylpclip.methods.finetune_config import FinetuneConfig
 from raylpclip.methods.finetune_model import ImageClassifier, ImageEncoder, evaluate_classifier
 from raylpclip.models.classifier import (context_length, load_classifier, load_encoder, save_classifier,
                                          zeroshot_head)
 from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.data.decode_pool import eval_dataset, train_datasets
-from raylpclip.runtime.train.finetune_worker import finetune_worker
-from raylpclip.runtime.train.pretrain_driver import fit, inspect_train_data
 from raylpclip.runtime.cluster.session import ensure_ray
+from raylpclip.runtime.data.decode_pool import eval_dataset
+from raylpclip.runtime.train.finetune_worker import FinetuneWorkerArgs, finetune_worker
+from raylpclip.runtime.train.trainer_factory import (TrainData, fit, inspect_train_data, make_trainer,
+                                                     must_have_checkpoint, run_path, run_storage, train_inputs)
 from raylpclip.summary import write_summary
 
 TRAIN_KEYS = ("step", "samples_seen", "loss", "ce_loss", "kl_loss", "context_kl", "train_acc1", "epoch",
@@ -63,27 +64,19 @@ def prepare_start(cfg: FinetuneConfig, tower, tokenizer, classnames: list[str]) 
             "scale": context_scale(cfg.carft.temperature, logit_scale), "logit_scale": logit_scale}
 
 
-def build_trainer(cfg: FinetuneConfig, *, start_ref, tokenizer, classnames, train_samples, counter) -> TorchTrainer:
-    datasets = train_datasets(cfg.data, tokenizer=tokenizer, counter=counter)
-    train_names = list(datasets)
-    if cfg.data.eval and cfg.train.eval_every > 0:
-        datasets["eval"] = eval_dataset(cfg.data, tokenizer=tokenizer, counter=counter)
-    storage = cfg.ray.storage_path or str(Path(cfg.output_dir).resolve())
-    return TorchTrainer(
-        finetune_worker,
-        train_loop_config={"config": to_dict(cfg), "start": start_ref, "classnames": classnames,
-                           "counter": counter, "train_samples": train_samples},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=cfg.name, storage_path=storage,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-        ),
-        datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=train_names),
-    )
+def build_trainer(cfg: FinetuneConfig, *, start_ref, tokenizer, num_classes: int, data: TrainData,
+                  counter) -> TorchTrainer:
+    inputs = train_inputs(cfg, data, tokenizer=tokenizer, counter=counter, with_eval=cfg.train.eval_every > 0)
+    storage, filesystem = run_storage(cfg)
+    args = FinetuneWorkerArgs(config=cfg, start=start_ref, num_classes=num_classes, tokenizer=tokenizer,
+                              train_files=inputs.files, train_formats=inputs.formats,
+                              train_filesystems=inputs.filesystems, run_storage=(filesystem, run_path(cfg, storage)),
+                              train_samples=data.samples, counter=counter)
+    return make_trainer(finetune_worker, args, name=cfg.name, storage=storage, filesystem=filesystem,
+                        num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                        resources={"CPU": cfg.train.cpus_per_worker}, datasets=inputs.datasets,
+                        train_names=inputs.train_names, keep_checkpoints=cfg.train.keep_checkpoints,
+                        max_failures=cfg.train.max_failures)
 
 
 def write_classifiers(cfg: FinetuneConfig, *, theta_0: dict, theta_ft: dict, classnames: list[str],
@@ -132,42 +125,36 @@ def _check_image_size(cfg: FinetuneConfig, tower) -> None:
                           f"takes {size} px images")
 
 
-def run_finetune(cfg: FinetuneConfig) -> dict:
-    start_time = time.perf_counter()
-    run_dir = cfg.run_dir
+@dataclass
+class Resolved:
+    """A fine-tuning run's inputs, known before Ray starts."""
+
+    data: TrainData
+    tower: object
+    tokenizer: object
+    classnames: list[str]
+
+
+def resolve(cfg: FinetuneConfig) -> Resolved:
     configure_s3(cfg.data.s3)
     data = inspect_train_data(cfg)
     tower, tokenizer = load_encoder(cfg.model)
     _check_image_size(cfg, tower)
-    classnames = classnames_of(cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    start = prepare_start(cfg, tower, tokenizer, classnames)
-    theta_0 = {k: v.detach().clone() for k, v in start["model"].state_dict().items()}
-    zeroshot_dir = save_classifier(run_dir / "classifiers" / "zeroshot", head=start["model"].head, classnames=classnames,
-                                   kind="zeroshot", encoder=cfg.model, info={"templates": list(cfg.eval.templates)})
-    kl = (f" lambda {cfg.carft.kl_weight}, {len(cfg.carft.templates)} contexts, scale {start['scale']:.2f};"
-          if cfg.method == "carft" else ";")
-    size = f"{data.samples} samples in " if data.samples else ""
-    print(f"[raylpclip] finetune {cfg.name}: {cfg.method}{kl} {len(classnames)} classes, {size}"
-          f"{sum(map(len, data.files.values()))} shards, {cfg.train.num_workers} workers, {cfg.train.steps} steps "
-          f"of {cfg.train.batch_size}, trainable {cfg.trainable}{' + head' if cfg.train_head else ''}", flush=True)
+    return Resolved(data, tower, tokenizer, classnames_of(cfg))
 
-    ensure_ray(cfg.ray)
-    counter = counters.new_counter()
-    trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=tokenizer, classnames=classnames,
-                            train_samples=data.samples, counter=counter)
-    result = fit(trainer, cfg.name)
-    if result.checkpoint is None:
-        raise RuntimeError(f"run {cfg.name} finished without a checkpoint; see the worker logs above")
-    with result.checkpoint.as_directory() as directory:
+
+def report(cfg: FinetuneConfig, result, resolved: Resolved, *, theta_0: dict, zeroshot_dir: Path, counter,
+           start: float) -> dict:
+    """The classifier directories (fine-tuned, WiSE-FT mixtures), their ID metrics and summary.json."""
+    checkpoint = must_have_checkpoint(result, cfg.name)
+    with checkpoint.as_directory() as directory:
         theta_ft = load_state(directory)["task"]["model"]
+    classnames = resolved.classnames
     info = {"kl_weight": cfg.carft.kl_weight if cfg.method == "carft" else 0.0, "steps": cfg.train.steps,
             "trainable": cfg.trainable, "train_head": cfg.train_head, "origin": str(Path(cfg.model).resolve())}
     dirs = {"zeroshot": zeroshot_dir, **write_classifiers(cfg, theta_0=theta_0, theta_ft=theta_ft,
                                                            classnames=classnames, info=info)}
-    ident = evaluate_dirs(cfg, dirs, tokenizer=tokenizer, counter=counter) if cfg.data.eval else {}
-
+    ident = evaluate_dirs(cfg, dirs, tokenizer=resolved.tokenizer, counter=counter) if cfg.data.eval else {}
     metrics = result.metrics or {}
     summary = {k: metrics[k] for k in TRAIN_KEYS if k in metrics}
     summary.update(
@@ -175,13 +162,39 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
         chance_acc1=1.0 / len(classnames), classifiers={k: str(v.resolve()) for k, v in dirs.items()},
         id={name: {k: m[k] for k in ("acc1", "acc5", "mean_per_class_recall", "ece", "nll", "auroc", "eval_samples")}
             for name, m in ident.items()},
-        samples_per_s=metrics.get("train_samples_per_s"), wall_s=time.perf_counter() - start_time,
-        run_dir=str(run_dir.resolve()), checkpoint=result.checkpoint.path, train_samples=data.samples,
+        samples_per_s=metrics.get("train_samples_per_s"), wall_s=time.perf_counter() - start,
+        run_dir=str(cfg.run_dir.resolve()), checkpoint=checkpoint.path, train_samples=resolved.data.samples,
         skipped=counters.totals(counter),
     )
     for name, m in ident.items():
         summary[f"{name}_acc1"] = m["acc1"]
     if cfg.method in ident:
         summary["acc1"] = ident[cfg.method]["acc1"]
-    write_summary(run_dir, summary)
+    write_summary(cfg.run_dir, summary)
     return summary
+
+
+def run_finetune(cfg: FinetuneConfig) -> dict:
+    start_time = time.perf_counter()
+    resolved = resolve(cfg)
+    classnames, data = resolved.classnames, resolved.data
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, cfg.run_dir / "config.yaml")
+    start = prepare_start(cfg, resolved.tower, resolved.tokenizer, classnames)
+    theta_0 = {k: v.detach().clone() for k, v in start["model"].state_dict().items()}
+    zeroshot_dir = save_classifier(cfg.run_dir / "classifiers" / "zeroshot", head=start["model"].head,
+                                   classnames=classnames, kind="zeroshot", encoder=cfg.model,
+                                   info={"templates": list(cfg.eval.templates)})
+    kl = (f" lambda {cfg.carft.kl_weight}, {len(cfg.carft.templates)} contexts, scale {start['scale']:.2f};"
+          if cfg.method == "carft" else ";")
+    size = f"{data.samples} samples in " if data.samples else ""
+    print(f"[raylpclip] finetune {cfg.name}: {cfg.method}{kl} {len(classnames)} classes, {size}"
+          f"{sum(map(len, data.files.values()))} shards, {cfg.train.num_workers} workers, {cfg.train.steps} steps "
+          f"of {cfg.train.batch_size}, trainable {cfg.trainable}{' + head' if cfg.train_head else ''}", flush=True)
+    ensure_ray(cfg.ray)
+    counter = counters.new_counter()
+    trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=resolved.tokenizer, num_classes=len(classnames),
+                            data=data, counter=counter)
+    result = fit(trainer, cfg.name)
+    return report(cfg, result, resolved, theta_0=theta_0, zeroshot_dir=zeroshot_dir, counter=counter,
+                  start=start_time)

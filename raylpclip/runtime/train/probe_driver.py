@@ -14,79 +14,35 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import ray
-import ray.train
 import torch
-from ray.train.torch import TorchTrainer
 from safetensors.torch import load_file
 
 from raylpclip import batch_schema
-from raylpclip.config import ConfigError, DataConfig, EvalConfig, RayConfig, load_config, save_config
+from raylpclip.commands.probe import ProbeConfig
+from raylpclip.config import ConfigError, save_config
 from raylpclip.data.metadata import label_names
-from raylpclip.data.shards import resolve_shards
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.data.views import STRONG, WEAK
 from raylpclip.eval.zeroshot import zeroshot_classifier
-from raylpclip.methods.lpclip import LPCLIPConfig, check_config
+from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.models.classifier import Classifier, context_length, image_size, load_encoder, save_classifier
 from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.data.batch_inference import FEATURE_PREFIX, LOGITS_PREFIX, InferenceConfig, encode, view_dataset
-from raylpclip.runtime.train.probe_worker import HEADS_FILE, probe_worker
-from raylpclip.runtime.data.robustness_eval import RobustnessConfig, check_robustness, evaluate, report
+from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX
+from raylpclip.runtime.data.batch_inference import encode, view_dataset
+from raylpclip.runtime.train.probe_worker import HEADS_FILE, ProbeWorkerArgs, probe_worker
+from raylpclip.runtime.train.trainer_factory import fit, make_trainer, must_have_checkpoint
+from raylpclip.eval.robustness_report import report
+from raylpclip.runtime.data.robustness_eval import evaluate
 from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 DONE_MARKER = "_COMPLETE"
-
-
-@dataclass
-class ProbeWorkersConfig:
-    num_workers: int = 1  # Ray Train workers sharing the feature rows (a probe on 1M x 512 features wants several)
-    cpus_per_worker: float = 1.0
-    threads: int = 1
-    use_gpu: bool = False
-    max_failures: int = 0
-
-
-@dataclass
-class ProbeConfig:
-    name: str = "probe"
-    output_dir: str = "runs"
-    model: str = ""  # the frozen CLIP: a save_pretrained dir, a raylpclip run dir or checkpoint
-    data: DataConfig = field(default_factory=DataConfig)  # data.train: images to probe (labels optional), data.eval: test
-    eval: EvalConfig = field(default_factory=EvalConfig)  # class names (default: the shards' label names) and templates
-    lpclip: LPCLIPConfig = field(default_factory=lambda: LPCLIPConfig(logit_scale=None))  # None: the model's own s
-    supervised: bool = True  # also train the labelled reference probe when the training shards carry labels
-    max_train_samples: int = 0  # 0: every training image
-    train: ProbeWorkersConfig = field(default_factory=ProbeWorkersConfig)
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
-    robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
-    evaluate: bool = True  # run the robustness evaluation on data.eval after training
-    ray: RayConfig = field(default_factory=RayConfig)
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
-
-def load_probe_config(path: str | None, overrides: list[str]) -> ProbeConfig:
-    cfg = load_config(ProbeConfig, path, overrides)
-    if not cfg.model:
-        raise ConfigError("config key 'model': required (a CLIP model directory, run directory or checkpoint)")
-    if not cfg.data.train:
-        raise ConfigError("config key 'data.train': required (the images to probe, as shards)")
-    if cfg.evaluate and not cfg.data.eval:
-        raise ConfigError("config key 'data.eval': required when evaluate is true (the labelled test shards)")
-    if cfg.train.num_workers < 1:
-        raise ConfigError(f"config key 'train.num_workers': got {cfg.train.num_workers}, expected >= 1")
-    check_config(cfg.lpclip)
-    check_robustness(cfg.robustness)
-    return cfg
 
 
 def probe_classnames(cfg: ProbeConfig) -> list[str]:
@@ -133,20 +89,14 @@ def train_probes(cfg: ProbeConfig, features: Path, weights: torch.Tensor, lpclip
                  supervised: bool) -> dict[str, LinearProbe]:
     columns_needed = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, batch_schema.IMAGE_ID] + ([batch_schema.LABEL] if supervised else [])
     dataset = ray.data.read_parquet(str(features.resolve()), columns=columns_needed)
-    trainer = TorchTrainer(
-        probe_worker,
-        train_loop_config={"lpclip": dataclasses.asdict(lpclip), "zeroshot_weights": weights.numpy(),
-                           "supervised": supervised, "threads": cfg.train.threads},
-        scaling_config=ray.train.ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                               resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
-        run_config=ray.train.RunConfig(
-            name=f"{cfg.name}-train", storage_path=str(cfg.run_dir.resolve()),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.train.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level="WARNING")),
-        datasets={"train": dataset},
-    )
-    result = trainer.fit()
-    with result.checkpoint.as_directory() as directory:
+    args = ProbeWorkerArgs(lpclip=lpclip, zeroshot_weights=weights.numpy(), supervised=supervised,
+                           threads=cfg.train.threads)
+    trainer = make_trainer(probe_worker, args, name=f"{cfg.name}-train", storage=str(cfg.run_dir.resolve()),
+                           num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                           resources={"CPU": cfg.train.cpus_per_worker}, datasets={"train": dataset},
+                           train_names=["train"], max_failures=cfg.train.max_failures)
+    result = fit(trainer, cfg.name)
+    with must_have_checkpoint(result, cfg.name).as_directory() as directory:
         tensors = load_file(f"{directory}/{HEADS_FILE}")
     heads = {}
     for name in sorted({k.rsplit(".", 1)[0] for k in tensors}):

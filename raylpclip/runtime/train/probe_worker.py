@@ -10,18 +10,32 @@ from __future__ import annotations
 import dataclasses
 import math
 import tempfile
+from dataclasses import dataclass
 
+import numpy as np
 import ray.train
 import torch
 from safetensors.torch import save_file
 
 from raylpclip import batch_schema
-from raylpclip.methods.lpclip import Collective, LPCLIPConfig, self_train, supervised_probe
+from raylpclip.batch_schema import FEATURE_PREFIX
+from raylpclip.distributed import Collective
+from raylpclip.methods.lpclip import self_train, supervised_probe
+from raylpclip.methods.lpclip_config import LPCLIPConfig
+from raylpclip.runtime.train.worker_setup import progress, start_worker
 from raylpclip.runtime.train.worker_trace import WorkerTrace
-from raylpclip.runtime.data.batch_inference import FEATURE_PREFIX
-from raylpclip.runtime.train.pretrain_worker import progress, quiet_report_logs
 
 HEADS_FILE = "heads.safetensors"
+
+
+@dataclass
+class ProbeWorkerArgs:
+    """What the driver hands every probe worker (runtime/train/probe_driver.py)."""
+
+    lpclip: LPCLIPConfig  # with the teacher's logit scale resolved
+    zeroshot_weights: np.ndarray  # (C, D): the teacher, and the probes' starting point
+    supervised: bool  # also train the labelled reference probe (the only reader of labels)
+    threads: int
 
 
 def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
@@ -40,20 +54,18 @@ def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
     return {n: v[order] for n, v in data.items()}
 
 
-def probe_worker(loop_config: dict, *, trace_dir: str | None = None) -> None:
+def probe_worker(args: ProbeWorkerArgs, *, trace_dir: str | None = None) -> None:
     """`trace_dir`: a directory for fault drills (runtime/train/worker_trace.py; a test binds it with
     functools.partial): the worker writes its pid marker there once its features are in memory, so
     a drill can kill it while it trains rather than while it reads."""
-    quiet_report_logs()
-    torch.set_num_threads(loop_config["threads"])
-    context = ray.train.get_context()
-    world, rank = context.get_world_size(), context.get_world_rank()
-    supervised = loop_config["supervised"]
+    place = start_worker(threads=args.threads, seed=None)
+    world, rank = place.world, place.rank
+    supervised = args.supervised
     data = load_shard(ray.train.get_dataset_shard("train"), with_labels=supervised)
     WorkerTrace.from_dir(trace_dir, rank=rank, world=world, start_step=0, accum_steps=1)
     weak, strong = data[FEATURE_PREFIX + "weak"].float(), data[FEATURE_PREFIX + "strong"].float()
-    weights = torch.as_tensor(loop_config["zeroshot_weights"]).float()
-    cfg = LPCLIPConfig(**loop_config["lpclip"])
+    weights = torch.as_tensor(args.zeroshot_weights).float()
+    cfg = args.lpclip
     # cfg.batch_size is the global batch: each of the `world` workers takes its share of every step.
     local = dataclasses.replace(cfg, batch_size=max(1, math.ceil(cfg.batch_size / world)))
     collective = Collective(world)

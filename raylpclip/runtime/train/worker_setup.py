@@ -1,11 +1,16 @@
-"""Ray-side pieces shared by the pretraining worker and the train benchmark: DDP with the configured
-bucket size, and checkpoint reports whose upload to storage does not hold training up."""
+"""What every Train worker does first and the Ray calls they share: the worker's rank, world and
+device, its progress lines, DDP with the configured bucket size, and checkpoint reports whose upload
+to storage does not hold training up."""
 
 from __future__ import annotations
 
 import functools
+import importlib.util
+import logging
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from typing import Callable
 
 import ray.train
@@ -39,3 +44,43 @@ def report_checkpoint(metrics: dict, write: Callable[[str], None], *, async_uplo
     mode = ray.train.CheckpointUploadMode.ASYNC if async_upload else ray.train.CheckpointUploadMode.SYNC
     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(directory),
                      checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=True)
+
+
+@dataclass(frozen=True)
+class WorkerPlace:
+    """Where this Train worker is: its rank among `world` workers and its torch device."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def say(self, line: str) -> None:
+        """A progress line from rank 0 only (every rank runs the same loop)."""
+        if self.rank == 0:
+            progress(line)
+
+
+def start_worker(*, threads: int, seed: int | None) -> WorkerPlace:
+    """A Train worker's first steps: quiet Ray Train's per-report log, `threads` torch threads, and the
+    same seed on every rank (so that every replica starts from identical weights)."""
+    quiet_report_logs()
+    torch.set_num_threads(threads)
+    if seed is not None:
+        torch.manual_seed(seed)
+    ctx = ray.train.get_context()
+    return WorkerPlace(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device())
+
+
+def progress(line: str) -> None:
+    # Ray Train patches print() into its logger *and* tees it to stdout, so every line would show
+    # twice; the process's real stdout shows it once, in the driver's output and the job logs.
+    print(line, file=sys.__stdout__, flush=True)
+
+
+def quiet_report_logs() -> None:
+    """Ray Train V2 logs every report (the whole metrics dict) at INFO from a logger named by its file
+    path, outside the "ray.train" logger that RunConfig's LoggingConfig sets; our progress lines say
+    the same, shorter."""
+    spec = importlib.util.find_spec("ray.train.v2._internal.execution.context")
+    if spec is not None and spec.origin:
+        logging.getLogger(spec.origin).setLevel(logging.WARNING)

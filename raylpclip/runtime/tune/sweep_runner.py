@@ -8,8 +8,7 @@ Layout, for a sweep named NAME with output_dir OUT (storage: ray.storage_path, e
                        result.json, params.json)
   STORAGE/NAME/trials/ one Ray Train run per trial (checkpoints), named by trial id
 
-Two small functions are the reusable part: `trial_config` (sweep_space: a config from a base and
-overrides) and `fit_config` (fit one PretrainConfig, optionally reporting to Tune).
+The trial itself: runtime/tune/sweep_trial.py; the search space and its checks: experiments/sweep_space.py.
 """
 
 from __future__ import annotations
@@ -21,88 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import ray.train
 import ray.tune
 from omegaconf import OmegaConf
-from ray.tune.integration.ray_train import TuneReportCallback
 
 from raylpclip.config import ConfigError, PretrainConfig, from_dict, save_config, to_dict, validate
 from raylpclip.data.storage import configure_s3
-from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.train.pretrain_driver import (build_trainer, eval_classnames, fit, inspect_train_data,
-                                        prepare_tokenizer)
-from raylpclip.runtime.cluster.session import ensure_ray, quiet_ray_data
-from raylpclip.summary import write_summary
 from raylpclip.experiments import sweep_results as results_io
-from raylpclip.experiments.sweep_space import (Dim, SweepSpec, asha_settings, check_same_sweep, corner_configs, max_concurrent,
-                                   plain, sweep_plan, trial_config, trial_need)
+from raylpclip.experiments.demo_data import point_at, write_synthetic
+from raylpclip.experiments.sweep_space import (Dim, SweepSpec, asha_settings, check_same_sweep, corner_configs,
+                                               max_concurrent, plain, sweep_plan, trial_config, trial_need)
+from raylpclip.runtime.cluster.session import ensure_ray
+from raylpclip.runtime.train.pretrain_driver import eval_classnames, prepare_tokenizer
+from raylpclip.runtime.train.trainer_factory import inspect_train_data
+from raylpclip.runtime.tune.sweep_trial import log, sweep_trial
+from raylpclip.summary import write_summary
 
 TOKENIZER_KEYS = ("model.tokenizer", "model.pretrained", "model.vocab_size", "model.tokenizer_samples")
-
-
-def log(line: str) -> None:
-    print(f"[raylpclip] {line}", flush=True)
-
-
-# ---------------------------------------------------------------------------------------------------
-# One trial
-
-
-def fit_config(cfg: PretrainConfig, *, callbacks: tuple = ()) -> ray.train.Result:
-    """Fit one pretraining config on the running Ray instance: the driver's steps (shards, tokenizer,
-    eval classes, TorchTrainer) without the export. Re-running the same name resumes its Train run."""
-    configure_s3(cfg.data.s3)
-    data = inspect_train_data(cfg)
-    tokenizer = prepare_tokenizer(cfg, data)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, cfg.run_dir / "config.yaml")
-    trainer = build_trainer(cfg, tokenizer=tokenizer, classnames=eval_classnames(cfg), data=data,
-                            counter=counters.new_counter(), callbacks=callbacks)
-    return fit(trainer, cfg.name)
-
-
-class MetricReportCallback(TuneReportCallback):
-    """Forwards the Train reports that carry the sweep's metric to the Tune trial. An eval metric (acc1)
-    is only in eval reports; Tune's searchers and schedulers expect it in every result they see."""
-
-    def __init__(self, metric: str):
-        super().__init__()
-        self.metric = metric
-
-    def after_report(self, run_context, metrics, checkpoint):
-        if metrics and self.metric in metrics[0]:
-            super().after_report(run_context, metrics, checkpoint)
-
-
-def address_for_train_helpers() -> None:
-    """When ASHA stops a trial, Tune ends the trial's process and with it the Train controller it owns;
-    Ray Train's PlacementGroupCleaner (a detached actor) then frees the run's worker placement group. It
-    finds the cluster through RAY_ADDRESS, else by looking for GCS processes, which fails on a machine
-    running several Ray instances (a developer machine, CI with a second test cluster): the stopped
-    trial's worker CPUs would stay reserved until the sweep ends and starve later trials. So this trial's
-    Train run gets the address through the environment variables Train hands to its controller (whose
-    child actors inherit them). Without that list (another Ray version) nothing changes."""
-    try:
-        from ray.train.v2._internal import constants
-    except ImportError:
-        return
-    if isinstance(getattr(constants, "ENV_VARS_TO_PROPAGATE", None), set):
-        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
-        constants.ENV_VARS_TO_PROPAGATE.add("RAY_ADDRESS")
-
-
-def sweep_trial(config: dict, *, base: dict, metric: str, runs_dir: str, storage_path: str) -> None:
-    """The Tune function: this trial's overrides on the base config, one TorchTrainer, fitted. The Train
-    run is named by the trial id, so a trial restarted after the driver died resumes its checkpoint."""
-    quiet_ray_data()  # this process creates the trial's datasets: its DataContext is the one they use
-    address_for_train_helpers()
-    trial_id = ray.tune.get_context().get_trial_id()
-    own = {"name": trial_id, "output_dir": runs_dir, "ray.storage_path": storage_path}
-    cfg = trial_config(base, {**config, **own})
-    result = fit_config(cfg, callbacks=(MetricReportCallback(metric),))
-    if metric not in (result.metrics or {}):
-        raise ValueError(f"trial {trial_id} never reported the sweep metric {metric!r}; its last report has "
-                         f"{sorted(result.metrics or {})}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -184,15 +117,9 @@ def prepare_data(spec: SweepSpec) -> None:
     """Generated demo data when the sweep asks for it; then the training shards must exist."""
     base = spec.base
     if spec.synthetic is not None:
-        from raylpclip.data.synthetic import SyntheticSpec, class_names
-        from raylpclip.commands.demo import write_synthetic
-
-        train_dir, eval_dir = write_synthetic(spec.synthetic, spec.sweep_dir / "data")
-        base.data.train, base.data.eval, base.data.format = str(train_dir), str(eval_dir), "webdataset"
-        base.data.image_size = spec.synthetic.image_size
-        base.eval.classnames = class_names(SyntheticSpec(image_size=spec.synthetic.image_size,
-                                                         label_by=spec.synthetic.label_by))
+        point_at(base, spec.synthetic, spec.sweep_dir / "data")
         validate(base)
+        write_synthetic(spec.synthetic, spec.sweep_dir / "data")
     if not base.data.train_sources():
         raise ConfigError("config key 'data.train': required (a shard directory, glob, brace range or s3:// URL), "
                           "or data.sources, or a synthetic: section")

@@ -1,0 +1,165 @@
+"""What a run config may hold: every check of a section's values, and the one error type.
+
+`validate(cfg)` runs the checks of each section the config has (by the section's type), then the
+config's own `check()` (what only that run needs: a pretraining run's batch split, a probe's required
+model). Every message names the key and what it allows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, ModelConfig, OptimConfig,
+                                       PSDConfig, RayConfig, RobustnessConfig, TrainConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the key."""
+
+
+def require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def choice(value: Any, key: str, allowed: Sequence[Any]) -> None:
+    require(value in allowed, key, f"got {value!r}, expected one of {list(allowed)}")
+
+
+def check_name(name: str, key: str = "name") -> None:
+    """A run name becomes a directory under output_dir: a plain name, nothing that climbs out of it."""
+    require(bool(name) and "/" not in name and name not in (".", ".."), key,
+            f"got {name!r}, expected a plain directory name")
+
+
+def validate(cfg: Any) -> None:
+    """Reject impossible values before any work starts: each section's checks, then the config's own."""
+    for f in dataclasses.fields(cfg):
+        check = _SECTION_CHECKS.get(type(getattr(cfg, f.name)))
+        if check:
+            check(getattr(cfg, f.name), f.name)
+    own = getattr(cfg, "check", None)
+    if callable(own):
+        own()
+
+
+def _check_data(d: DataConfig, key: str) -> None:
+    choice(d.format, f"{key}.format", ("auto", "webdataset", "parquet"))
+    require(d.image_size >= 8, f"{key}.image_size", f"got {d.image_size}, expected >= 8")
+    require(d.context_length >= 4, f"{key}.context_length", f"got {d.context_length}, expected >= 4")
+    require(0.0 < d.aug_scale_min <= 1.0, f"{key}.aug_scale_min", f"got {d.aug_scale_min}, expected in (0, 1]")
+    require(d.decode_batch_size >= 0, f"{key}.decode_batch_size", "expected >= 0 (0: automatic)")
+    require(d.decode_concurrency > 0, f"{key}.decode_concurrency", "expected > 0")
+    require(0 <= d.decode_nice <= 19, f"{key}.decode_nice", "expected 0 to 19 (a niceness increment)")
+    require(d.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "expected >= 0")
+    require(d.fail_after_bad > 0, f"{key}.fail_after_bad", "expected > 0")
+    require(not (d.train and d.sources), f"{key}.sources", "give either data.train or data.sources, not both")
+    for i, src in enumerate(d.sources):
+        require(bool(src.path), f"{key}.sources.{i}.path", "required: a shard directory, glob, brace range or s3:// URL")
+        require(src.weight > 0, f"{key}.sources.{i}.weight", f"got {src.weight}, expected > 0")
+        choice(src.format, f"{key}.sources.{i}.format", ("auto", "webdataset", "parquet"))
+    require(d.s3.connect_timeout > 0, f"{key}.s3.connect_timeout", "expected > 0")
+    require(d.s3.max_attempts >= 1, f"{key}.s3.max_attempts", "expected >= 1")
+
+
+def _check_model(m: ModelConfig, key: str) -> None:
+    require(m.vocab_size >= 300, f"{key}.vocab_size", f"got {m.vocab_size}, expected >= 300 (byte alphabet + merges)")
+
+
+def _check_psd(p: PSDConfig, key: str) -> None:
+    require(0.0 <= p.a_max <= 1.0, f"{key}.a_max", f"got {p.a_max}, expected in [0, 1]")
+    choice(p.ramp, f"{key}.ramp", ("linear", "cosine", "constant"))
+    require(0.0 <= p.subset_fraction <= 1.0, f"{key}.subset_fraction", f"got {p.subset_fraction}, expected in [0, 1]")
+    choice(p.teacher, f"{key}.teacher", ("self", "ema"))
+    require(0.0 < p.ema_decay < 1.0, f"{key}.ema_decay", f"got {p.ema_decay}, expected in (0, 1)")
+    t = p.teacher_temperature
+    require(t is None or t > 0, f"{key}.teacher_temperature", f"got {t}, expected > 0 or null")
+
+
+def _check_optim(o: OptimConfig, key: str) -> None:
+    require(o.lr > 0, f"{key}.lr", f"got {o.lr}, expected > 0")
+    require(o.weight_decay >= 0, f"{key}.weight_decay", "expected >= 0")
+    require(0 <= o.beta1 < 1 and 0 <= o.beta2 < 1, f"{key}.beta1/beta2", "expected in [0, 1)")
+    require(o.warmup_steps >= 0, f"{key}.warmup_steps", "expected >= 0")
+    choice(o.schedule, f"{key}.schedule", ("cosine", "constant"))
+    require(0 <= o.min_lr_ratio <= 1, f"{key}.min_lr_ratio", "expected in [0, 1]")
+    require(o.grad_clip >= 0, f"{key}.grad_clip", "expected >= 0 (0 disables)")
+    require(o.accum_steps >= 1, f"{key}.accum_steps", f"got {o.accum_steps}, expected >= 1")
+
+
+def _check_train(t: TrainConfig, key: str) -> None:
+    require(t.steps > 0, f"{key}.steps", f"got {t.steps}, expected > 0")
+    require(t.num_workers >= 1, f"{key}.num_workers", f"got {t.num_workers}, expected >= 1")
+    require(t.checkpoint_every >= 0, f"{key}.checkpoint_every", "expected >= 0 (0: only at the end)")
+    require(t.eval_every >= 0, f"{key}.eval_every", "expected >= 0")
+    require(t.log_every > 0, f"{key}.log_every", "expected > 0")
+    require(t.keep_checkpoints >= 1, f"{key}.keep_checkpoints", "expected >= 1")
+    choice(t.precision, f"{key}.precision", ("fp32", "bf16"))
+    require(t.cpus_per_worker > 0, f"{key}.cpus_per_worker", "expected > 0")
+    require(t.threads_per_worker >= 1, f"{key}.threads_per_worker", "expected >= 1")
+    require(t.max_failures >= -1, f"{key}.max_failures", "expected >= -1 (-1: unlimited)")
+    bad = {k: v for k, v in t.worker_resources.items() if k in ("CPU", "GPU") or not v > 0}
+    require(not bad, f"{key}.worker_resources", f"got {bad}, expected custom resource names with amounts > 0 "
+             "(CPUs: train.cpus_per_worker, GPUs: train.use_gpu)")
+    require(0 <= t.min_workers <= t.num_workers, f"{key}.min_workers",
+             f"got {t.min_workers}, expected 0 (fixed) to train.num_workers = {t.num_workers}")
+    require(t.ddp_bucket_cap_mb > 0, f"{key}.ddp_bucket_cap_mb", f"got {t.ddp_bucket_cap_mb}, expected > 0")
+
+
+def check_batch_split(t: TrainConfig, o: OptimConfig) -> None:
+    # An elastic group may train with any worker count from min_workers to num_workers.
+    for workers in range(t.min_workers or t.num_workers, t.num_workers + 1):
+        parts = workers * o.accum_steps
+        name = "train.num_workers" if workers == t.num_workers else f"{workers} workers (train.min_workers)"
+        require(t.batch_size % parts == 0, "train.batch_size",
+                 f"{t.batch_size} is not divisible by {name} * optim.accum_steps = {parts}")
+    parts = t.num_workers * o.accum_steps
+    require(t.batch_size // parts >= 2, "train.batch_size",
+             f"{t.batch_size} leaves fewer than 2 samples per worker micro-batch; contrastive losses need >= 2")
+
+
+def _check_eval(e: EvalConfig, key: str) -> None:
+    require(len(e.templates) > 0, f"{key}.templates", "expected at least one template")
+    bad = [t for t in e.templates if "{}" not in t]
+    require(not bad, f"{key}.templates", f"every template needs a '{{}}' for the class name; got {bad}")
+
+
+def _check_ray(r: RayConfig, key: str) -> None:
+    require(r.num_cpus >= 1, f"{key}.num_cpus", "expected >= 1")
+    require(r.object_store_gb >= 0, f"{key}.object_store_gb", "expected >= 0 (0: Ray's default)")
+
+
+def _check_inference(i: InferenceConfig, key: str) -> None:
+    require(i.batch_size >= 1, f"{key}.batch_size", f"got {i.batch_size}, expected >= 1")
+    require(i.actors >= 1, f"{key}.actors", f"got {i.actors}, expected >= 1")
+    require(i.cpus_per_actor > 0, f"{key}.cpus_per_actor", "expected > 0")
+    require(i.threads >= 1, f"{key}.threads", "expected >= 1")
+    choice(i.precision, f"{key}.precision", ("fp32", "bf16"))
+    require(i.decode_batch_size >= 1, f"{key}.decode_batch_size", "expected >= 1")
+
+
+def _check_robustness(r: RobustnessConfig, key: str) -> None:
+    from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES
+
+    for name in r.corruptions:
+        if name not in CORRUPTIONS:
+            raise ConfigError(f"config key '{key}.corruptions': unknown {name!r}, expected some of {sorted(CORRUPTIONS)}")
+    for severity in r.severities:
+        if severity not in SEVERITIES:
+            raise ConfigError(f"config key '{key}.severities': got {severity}, expected values in {list(SEVERITIES)}")
+    if r.max_samples < 0 or r.n_bins < 1:
+        raise ConfigError(f"config key '{key}.max_samples/n_bins': expected max_samples >= 0 and n_bins >= 1")
+
+
+_SECTION_CHECKS = {
+    DataConfig: _check_data,
+    ModelConfig: _check_model,
+    PSDConfig: _check_psd,
+    OptimConfig: _check_optim,
+    TrainConfig: _check_train,
+    EvalConfig: _check_eval,
+    RayConfig: _check_ray,
+    InferenceConfig: _check_inference,
+    RobustnessConfig: _check_robustness,
+}

@@ -1,0 +1,222 @@
+"""The sections of a run config and the pretraining run config they make up.
+
+Plain dataclasses with their defaults: `load_config` (config/loader.py) fills them from YAML and
+`key=value` overrides, `validate` (config/checks.py) rejects what cannot work. The driver resolves a
+config once and hands the typed dataclass to its Ray workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+
+@dataclass
+class S3Config:
+    """How s3:// shards are reached (through s3fs). Credentials are never config values: they come from
+    the standard AWS environment variables or profile of the machine that starts the run."""
+
+    endpoint_url: str = ""  # empty: AWS; e.g. http://127.0.0.1:9000 for MinIO/moto
+    region: str = ""
+    anon: bool = False  # public buckets
+    profile: str = ""  # a named AWS profile
+    connect_timeout: float = 5.0  # seconds; an unreachable endpoint fails fast instead of hanging
+    max_attempts: int = 5  # botocore retries (exponential backoff) for transient errors
+
+
+@dataclass
+class SourceConfig:
+    path: str = ""  # shards: dir, glob, brace range or s3:// URL
+    weight: float = 1.0  # share of each batch drawn from this source
+    format: str = "auto"
+
+
+DECODE_BATCH_BYTES = 12 << 20  # an automatic decode call's decoded images (DataConfig.decode_rows)
+
+
+@dataclass
+class DataConfig:
+    train: str = ""  # shards: dir, glob, brace range or s3:// URL
+    sources: list[SourceConfig] = field(default_factory=list)  # several training sources mixed by weight
+    eval: str = ""  # labelled eval shards (label in the .json metadata)
+    format: str = "auto"  # auto | webdataset | parquet (img2dataset output formats); auto: per source
+    image_size: int = 64
+    context_length: int = 32
+    aug_scale_min: float = 0.9  # random-resized-crop lower scale bound; 1.0 disables cropping
+    shuffle_seed: int = 0
+    shuffle_buffer: int = 1024  # rows in each worker's local shuffle buffer; 0 disables
+    decode_batch_size: int = 0  # rows per Ray Data map_batches call; 0: auto (`decode_rows`)
+    decode_concurrency: int = 2  # decode actors, a fixed pool (each holds a tokenizer)
+    decode_cpus: float = 1.0  # logical CPUs each decode actor reserves
+    # The decode actors read the shards themselves (one shard per actor task) when a source has at least
+    # 2 shards per actor; false: separate Ray Data read tasks (runtime/datasets.ReadPlan: why the actors).
+    read_in_decoders: bool = True
+    # Niceness added to decode actors (0: none). Where training and decoding share cores, the trainer's
+    # threads then get them first. Off by default: it made no measurable change to `bench train`, and it
+    # slowed data-bound runs (the test suite's demo run: 95 s -> 103-115 s), where niced decoders lose the
+    # cores to every other process.
+    decode_nice: int = 0
+    eval_max_samples: int = 2000
+    fail_after_bad: int = 1000  # a decode actor that has seen this many samples and none usable stops the run
+    s3: S3Config = field(default_factory=S3Config)
+
+    def decode_rows(self) -> int:
+        """Rows per decode call: `decode_batch_size`, or for 0 about DECODE_BATCH_BYTES of decoded images
+        (1024 rows at 64 px, 256 from 128 px up). Ray Data's cost per call does not shrink with the
+        call: `bench ingest` on 2 CPUs at 64 px spent 378-436 us of CPU per sample with 256-row calls and
+        292-323 us with 1024 (docs/benchmarks.md, "Decode calls sized by the image"); at 224 px, where a
+        sample's decoding costs 7x more, 256 and 1024 rows were alike (1,869 vs 1,893 us), so there the
+        smaller call (39 MB, not 154) wins."""
+        if self.decode_batch_size:
+            return self.decode_batch_size
+        return min(1024, max(256, DECODE_BATCH_BYTES // (3 * self.image_size ** 2)))
+
+    def train_sources(self) -> list[SourceConfig]:
+        """`data.sources`, or `data.train` as the one source."""
+        if self.sources:
+            return list(self.sources)
+        return [SourceConfig(path=self.train, weight=1.0, format=self.format)] if self.train else []
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"  # tiny | vit-b-32
+    pretrained: str = ""  # local HF CLIP directory; overrides preset when set
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.image_size": 32}
+    tokenizer: str = ""  # local tokenizer directory; empty: train a BPE on the training captions
+    vocab_size: int = 1024  # for the trained BPE tokenizer
+    tokenizer_samples: int = 20000  # captions read to train it
+
+
+@dataclass
+class PSDConfig:
+    a_max: float = 0.5  # 0 reproduces the CLIP loss exactly
+    ramp: str = "linear"  # linear | cosine | constant
+    subset_fraction: float = 0.5  # rows of each worker's batch that get soft targets
+    teacher: str = "self"  # self: stop-grad of the current logits | ema: an EMA copy of the model
+    ema_decay: float = 0.999
+    teacher_temperature: Optional[float] = None  # None: the model's own logit scale
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-6
+    warmup_steps: int = 50
+    schedule: str = "cosine"  # cosine | constant
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0  # 0 disables
+    accum_steps: int = 1
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 128  # global batch (all workers, all accumulation micro-steps)
+    checkpoint_every: int = 200
+    eval_every: int = 0  # 0: evaluate at the end only
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    precision: str = "fp32"  # fp32 | bf16 (autocast on CPU and GPU)
+    seed: int = 0
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    threads_per_worker: int = 1  # torch intra-op threads in each worker
+    max_failures: int = 0
+    # > 0: elastic worker group. After losing nodes the run goes on with as many workers as fit, at
+    # least this many (Ray Train restarts it from the latest checkpoint); 0: always num_workers (waits).
+    min_workers: int = 0
+    # Extra Ray resources each Train worker needs beside train.cpus_per_worker, e.g. {trainer: 1} to keep
+    # the workers on the nodes that offer a `trainer` resource (data decoding still runs anywhere).
+    worker_resources: dict[str, float] = field(default_factory=dict)
+    # Speed/memory switches (engine/setup.py). Each works on CPU or falls back with a logged note.
+    fused_adamw: bool = True  # torch's fused AdamW kernel (CUDA; CPU since torch 2.4); else the foreach one
+    compile: bool = False  # torch.compile the vision and text towers in place (checkpoint keys unchanged)
+    channels_last: bool = False  # channels-last images into the conv patch embedding (cuDNN convs on GPU)
+    grad_checkpointing: bool = False  # recompute tower activations in backward: memory for ~1/3 more compute
+    ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (all-reduce granularity), as torch's default
+    async_checkpoint: bool = True  # checkpoint upload to storage runs in the background (Ray Train ASYNC)
+
+
+@dataclass
+class EvalConfig:
+    classnames: list[str] = field(default_factory=list)  # empty: taken from the eval shards' label_name
+    templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
+    batch_size: int = 256
+
+
+@dataclass
+class RayConfig:
+    address: str = ""  # empty: start a local instance (or join RAY_ADDRESS when set)
+    num_cpus: int = 8  # logical CPUs of a local instance: more than cores so Ray Data keeps a budget
+    storage_path: str = ""  # empty: <output_dir>; a shared path or s3:// URL on clusters
+    dashboard: bool = True  # local instance: dashboard on 127.0.0.1 (Ray Train's state queries need it)
+    object_store_gb: float = 0.0  # local instance: object store size; 0: Ray's default (30% of memory)
+    # Local instance: take the object store's whole memory at start (Ray's RAY_preallocate_plasma_memory),
+    # rather than page by page as objects first land on it (what that costs: docs/benchmarks.md, "The
+    # object store's first pages").
+    preallocate_object_store: bool = False
+
+
+@dataclass
+class PretrainConfig:
+    name: str = "pretrain"
+    output_dir: str = "runs"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    psd: PSDConfig = field(default_factory=PSDConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def check(self) -> None:
+        """What the sections cannot check alone: the batch split over workers, the run's name."""
+        from raylpclip.config.checks import check_batch_split, check_name
+
+        check_batch_split(self.train, self.optim)
+        check_name(self.name)
+
+
+@dataclass
+class InferenceConfig:
+    """How the encoder actors of batch inference run (`probe` and `eval`)."""
+
+    batch_size: int = 256  # images per encoder call
+    actors: int = 1  # encoder actors (one model each); on GPUs, one per GPU
+    cpus_per_actor: float = 1.0
+    threads: int = 2  # torch intra-op threads per CPU actor
+    use_gpu: bool = False
+    precision: str = "fp32"  # fp32 | bf16
+    decode_batch_size: int = 64  # rows per view-making task (corruptions multiply the work per row)
+
+
+def _every_corruption() -> list[str]:
+    from raylpclip.eval.corruptions import CORRUPTIONS
+
+    return list(CORRUPTIONS)
+
+
+def _every_severity() -> list[int]:
+    from raylpclip.eval.corruptions import SEVERITIES
+
+    return list(SEVERITIES)
+
+
+@dataclass
+class RobustnessConfig:
+    """Which corrupted copies of the test set the robustness evaluation makes, and how it bins ECE."""
+
+    corruptions: list[str] = field(default_factory=_every_corruption)  # all 16 by default
+    severities: list[int] = field(default_factory=_every_severity)
+    max_samples: int = 2000  # test images evaluated (each x every view); 0: all
+    n_bins: int = 15  # ECE bins
