@@ -18,7 +18,7 @@ USAGE = "raylpclip COMMAND [CONFIG.yaml] [key=value ...]"
 
 # command -> "module:function"; the function takes the command's arguments and returns summary.json's path.
 COMMANDS: dict[str, str] = {
-    "bench": "raylpclip.bench:cmd_bench",
+    "bench": "raylpclip.commands.bench:cmd_bench",
     "demo": "raylpclip.commands.demo:cmd_demo",
     "eval": "raylpclip.commands.evaluate:cmd_eval",
     "finetune": "raylpclip.commands.finetune:cmd_finetune",

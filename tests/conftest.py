@@ -46,8 +46,8 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     `load_encoder` and every classifier command take as a local model directory."""
     import torch
 
-    from raylpclip.models.clip import build_clip, export_clip
     from raylpclip.models.bpe_tokenizer import train_tokenizer
+    from raylpclip.models.clip import build_clip, export_clip
 
     out = tmp_path_factory.mktemp("tiny_clip")
     captions = [f"a photo of a {name}." for name in TINY_CLASSES] * 20 + ["a blurry sketch of it."] * 20

@@ -35,7 +35,7 @@ import os
 import time
 from typing import Any
 
-from raylpclip.bench import Benchmark
+from raylpclip.bench.benchmark import Benchmark
 from raylpclip.bench.cpu_accounting import TreeCpu
 from raylpclip.bench.cpu_pinning import pin_cpus, usable_cpus
 from raylpclip.bench.dataloader_route import dataloader_rate

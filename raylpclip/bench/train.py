@@ -28,7 +28,7 @@ import shutil
 import time
 from typing import Any
 
-from raylpclip.bench import Benchmark
+from raylpclip.bench.benchmark import Benchmark
 from raylpclip.bench.cpu_pinning import pin_cpus, usable_cpus
 from raylpclip.bench.train_bench_config import TrainBenchConfig, bench_threads, check, pretrain_part, save_steps
 from raylpclip.bench.train_bench_data import prepare
@@ -44,7 +44,7 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
     # runtime/ loads Ray: imported when the bench runs, never when it is imported.
     from raylpclip.runtime.cluster import counters
     from raylpclip.runtime.cluster.session import ensure_ray
-    from raylpclip.runtime.train.bench_train_ray import premade_batch_ref
+    from raylpclip.runtime.train.bench_support import premade_batch_ref
 
     start = time.perf_counter()
     check(cfg)

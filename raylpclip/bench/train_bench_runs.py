@@ -13,10 +13,10 @@ from raylpclip.config import to_dict
 
 
 def compute_limit(cfg: TrainBenchConfig, *, tokenizer, batch_ref, threads: int) -> dict:
-    """One round of the plain loop on the in-memory batches of `batch_ref` (bench_train_ray.premade_batch_ref),
+    """One round of the plain loop on the in-memory batches of `batch_ref` (bench_support.premade_batch_ref),
     in a task that gets the workers' kind of process and, with `train.use_gpu`, a GPU."""
     # runtime/ loads Ray: imported when a run calls this, never when the bench is imported.
-    from raylpclip.runtime.train.bench_train_ray import run_as_task
+    from raylpclip.runtime.train.bench_support import run_as_task
 
     b = cfg.bench
     one = replace(pretrain_part(cfg), train=replace(cfg.train, num_workers=1, threads_per_worker=threads))
@@ -32,7 +32,7 @@ def pipeline(cfg: TrainBenchConfig, *, tokenizer, data, workers: int, threads: i
     datasets, its worker function with DDP, data streams, worker hooks' reports and checkpoints), `workers` x
     `threads`, with the step clock put in (engine/clock.clocked). Returns each rank's timing, memory and
     report figures."""
-    from raylpclip.runtime.train.bench_train_ray import data_options
+    from raylpclip.runtime.train.bench_support import data_options
     from raylpclip.runtime.train.pretrain_driver import build_trainer
     from raylpclip.runtime.train.trainer_factory import fit
 

@@ -19,7 +19,7 @@ from raylpclip.config import PretrainConfig, PSDConfig, from_dict
 from raylpclip.engine.clock import StepClock, peak_memory_mb, window_stats
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.pretrain_task import unwrap
-from raylpclip.engine.setup import build_training
+from raylpclip.engine.training_setup import build_training
 from raylpclip.losses import clip_loss, psd_loss
 
 
@@ -82,7 +82,7 @@ def in_memory_windows(cfg: PretrainConfig, *, tokenizer, batches: list[dict[str,
 
 
 def compute_limit_task(config: dict, tokenizer, batch: dict[str, np.ndarray], bench: dict) -> dict[str, Any]:
-    """The compute limit in the process it runs in (a Ray task, runtime/train/bench_train_ray.run_as_task):
+    """The compute limit in the process it runs in (a Ray task, runtime/train/bench_support.run_as_task):
     `bench["memory_batches"]` micro-batches cut from the pipeline's decoded `batch` into tensors, then
     `in_memory_windows` on them, on the GPU with `train.use_gpu`."""
     cfg = from_dict(PretrainConfig, config)

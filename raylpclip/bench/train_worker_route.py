@@ -2,7 +2,7 @@
 `raylpclip pretrain` builds it: Ray Data reads the tars, an actor pool decodes, augments and tokenizes;
 the actors read the tars themselves where runtime/data/decode_pool.read_plan says so), consumed inside a
 real 1-worker TorchTrainer through the trainer's own `batch_stream`. Ray runs it
-(runtime/data/bench_ingest_ray.py); the timing here runs inside the Train worker."""
+(runtime/data/ingest_measure.py); the timing here runs inside the Train worker."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def worker_figures(batches: Iterable[dict], *, warmup: int, last: int) -> dict[s
 def ours_rate(files: Sequence[str], *, cfg: IngestBenchConfig, tokenizer, samples: int, last: int,
               round_: int) -> Rate:
     # Imported here: importing a bench module must not load Ray (bench/__init__.py).
-    from raylpclip.runtime.data.bench_ingest_ray import train_worker_metrics
+    from raylpclip.runtime.data.ingest_measure import train_worker_metrics
 
     metrics = train_worker_metrics(files, data=cfg.data, tokenizer=tokenizer, batch_size=cfg.batch_size,
                                    epoch_batches=samples // cfg.batch_size, measure=worker_figures,

@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raylpclip.commands.pretrain import print_result
-from raylpclip.config import (DataConfig, EvalConfig, OptimConfig, PretrainConfig, TrainConfig, config_args, load_config,
-                              validate)
+from raylpclip.config import (DataConfig, EvalConfig, OptimConfig, PretrainConfig, TrainConfig, config_args,
+                              load_config, validate)
 from raylpclip.data.synthetic import zeroshot_templates
 from raylpclip.experiments.demo_data import SyntheticDataConfig, point_at, write_synthetic
 from raylpclip.summary import write_summary

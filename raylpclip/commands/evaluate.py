@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raylpclip.config import (ConfigError, DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig,
-                              config_args, load_config, require)
+from raylpclip.config import ConfigError, config_args, load_config, require
+from raylpclip.config.sections import DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
@@ -21,9 +21,8 @@ from raylpclip.models.classifier import Classifier, is_classifier, load_classifi
 
 
 @dataclass
-class EvalRunConfig:
+class EvalRunConfig(RunConfig):
     name: str = "eval"
-    output_dir: str = "runs"
     classifiers: list[str] = field(default_factory=list)  # paths, or name=path
     data: DataConfig = field(default_factory=DataConfig)  # data.eval: the test shards
     eval: EvalConfig = field(default_factory=EvalConfig)  # zero-shot classes and templates for bare models
@@ -31,11 +30,8 @@ class EvalRunConfig:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
     def check(self) -> None:
+        super().check()
         require(bool(self.classifiers), "classifiers", "required (classifier directories or CLIP model paths)")
         require(bool(self.data.eval), "data.eval", "required (the test shards)")
 

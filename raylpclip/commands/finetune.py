@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from raylpclip.config import (DataConfig, EvalConfig, OptimConfig, RayConfig, TrainConfig, check_name, config_args,
-                              load_config, require)
+from raylpclip.config import config_args, load_config, require
+from raylpclip.config.sections import DataConfig, EvalConfig, OptimConfig, RayConfig, RunConfig, TrainConfig
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES
 
 METHODS = ("ft", "carft")
@@ -37,9 +37,8 @@ def _finetune_optim() -> OptimConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(RunConfig):
     name: str = "finetune"
-    output_dir: str = "runs"
     model: str = ""  # a CLIP directory, a raylpclip run directory or checkpoint directory (load_encoder)
     method: str = "carft"  # ft | carft
     carft: CarftConfig = field(default_factory=CarftConfig)
@@ -52,13 +51,9 @@ class FinetuneConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)  # classnames and the zero-shot head's templates
     ray: RayConfig = field(default_factory=RayConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
     def check(self) -> None:
         """What the shared sections' checks (config/checks.py) do not know about."""
-        check_name(self.name)
+        super().check()
         require(self.method in METHODS, "method", f"got {self.method!r}, expected one of {list(METHODS)}")
         require(self.trainable in TRAINABLE, "trainable", f"got {self.trainable!r}, expected one of {list(TRAINABLE)}")
         require(self.carft.kl_weight >= 0, "carft.kl_weight", f"got {self.carft.kl_weight}, expected >= 0")

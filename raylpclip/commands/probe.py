@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raylpclip.config import (DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, config_args,
-                              load_config, require)
-from raylpclip.methods.lpclip_config import LPCLIPConfig, check_config as check_lpclip
+from raylpclip.config import config_args, load_config, require
+from raylpclip.config.sections import DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig
+from raylpclip.methods.lpclip_config import LPCLIPConfig
+from raylpclip.methods.lpclip_config import check_config as check_lpclip
 
 
 @dataclass
@@ -23,9 +24,8 @@ class ProbeWorkersConfig:
 
 
 @dataclass
-class ProbeConfig:
+class ProbeConfig(RunConfig):
     name: str = "probe"
-    output_dir: str = "runs"
     model: str = ""  # the frozen CLIP: a save_pretrained dir, a raylpclip run dir or checkpoint
     data: DataConfig = field(default_factory=DataConfig)  # data.train: images to probe (labels optional), data.eval: test
     eval: EvalConfig = field(default_factory=EvalConfig)  # class names (default: the shards' label names) and templates
@@ -38,12 +38,9 @@ class ProbeConfig:
     evaluate: bool = True  # run the robustness evaluation on data.eval after training
     ray: RayConfig = field(default_factory=RayConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
     def check(self) -> None:
         """Required inputs and the LP-CLIP section (the shared sections are checked by type)."""
+        super().check()
         require(bool(self.model), "model", "required (a CLIP model directory, run directory or checkpoint)")
         require(bool(self.data.train), "data.train", "required (the images to probe, as shards)")
         require(not self.evaluate or bool(self.data.eval), "data.eval",

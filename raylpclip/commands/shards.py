@@ -25,8 +25,8 @@ from raylpclip.data.caption_csv import CAPTION_MODES, caption_csv_items
 from raylpclip.data.caption_templates import DEFAULT_TEMPLATES, check_templates, read_lines
 from raylpclip.data.image_folder import image_folder_items
 from raylpclip.data.shard_files import FORMATS
-from raylpclip.data.storage import is_remote, s3_options
 from raylpclip.data.sources import SourceItem, SourceStats, shuffled
+from raylpclip.data.storage import is_remote, s3_options
 from raylpclip.summary import write_summary
 
 DEFAULT_SUMMARY_DIR = "shards-summary"  # under the working directory, for s3:// outputs

@@ -10,8 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Sequence
 
-from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, ModelConfig, OptimConfig,
-                                       PSDConfig, RayConfig, RobustnessConfig, TrainConfig)
+from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, ModelConfig, OptimConfig, PSDConfig,
+                                       RayConfig, RobustnessConfig, TrainConfig)
 
 
 class ConfigError(ValueError):

@@ -134,7 +134,7 @@ class TrainConfig:
     # Extra Ray resources each Train worker needs beside train.cpus_per_worker, e.g. {trainer: 1} to keep
     # the workers on the nodes that offer a `trainer` resource (data decoding still runs anywhere).
     worker_resources: dict[str, float] = field(default_factory=dict)
-    # Speed/memory switches (engine/setup.py). Each works on CPU or falls back with a logged note.
+    # Speed/memory switches (engine/training_setup.py). Each works on CPU or falls back with a logged note.
     fused_adamw: bool = True  # torch's fused AdamW kernel (CUDA; CPU since torch 2.4); else the foreach one
     compile: bool = False  # torch.compile the vision and text towers in place (checkpoint keys unchanged)
     channels_last: bool = False  # channels-last images into the conv patch embedding (cuDNN convs on GPU)
@@ -164,9 +164,27 @@ class RayConfig:
 
 
 @dataclass
-class PretrainConfig:
-    name: str = "pretrain"
+class RunConfig:
+    """What every run config starts with: the run's directory `<output_dir>/<name>` (running the same name
+    again resumes it, or reuses what it finished)."""
+
+    name: str = "run"
     output_dir: str = "runs"
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def check(self) -> None:
+        """The checks of the config as a whole (config/checks.validate runs them after the sections')."""
+        from raylpclip.config.checks import check_name
+
+        check_name(self.name)
+
+
+@dataclass
+class PretrainConfig(RunConfig):
+    name: str = "pretrain"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     psd: PSDConfig = field(default_factory=PSDConfig)
@@ -175,16 +193,12 @@ class PretrainConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.name
-
     def check(self) -> None:
-        """What the sections cannot check alone: the batch split over workers, the run's name."""
-        from raylpclip.config.checks import check_batch_split, check_name
+        """What the sections cannot check alone: the batch split over workers (and the run's name)."""
+        from raylpclip.config.checks import check_batch_split
 
         check_batch_split(self.train, self.optim)
-        check_name(self.name)
+        super().check()
 
 
 @dataclass

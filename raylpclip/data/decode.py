@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from raylpclip import batch_schema
-from raylpclip.data.transforms import decode_image, eval_transform, train_transform
 from raylpclip.data.tokenization import tokenize
+from raylpclip.data.transforms import decode_image, eval_transform, train_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text", "caption")

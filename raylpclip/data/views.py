@@ -21,19 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from raylpclip import batch_schema
-from raylpclip.data.decode import (
-    IMAGE_KEYS,
-    TEXT_KEYS,
-    DataError,
-    _as_text,
-    _first_present,
-    _image_id,
-    _keys,
-    _label,
-    _row_meta,
-    describe_columns,
-    source_paths,
-)
+from raylpclip.data.decode import (IMAGE_KEYS, TEXT_KEYS, DataError, _as_text, _first_present, _image_id, _keys, _label,
+                                   _row_meta, describe_columns, source_paths)
 from raylpclip.data.tokenization import tokenize, tokenize_on_one_thread
 from raylpclip.data.transforms import decode_image, eval_transform, strong_transform, train_transform
 from raylpclip.eval.corruptions import CORRUPTIONS, SEVERITIES, corrupt

@@ -23,7 +23,7 @@ from raylpclip.config import RobustnessConfig
 from raylpclip.data.views import CLEAN, corruption_views, parse_view
 from raylpclip.eval.calibration import reliability_bins, robustness_metrics
 from raylpclip.eval.metrics import retrieval_metrics
-from raylpclip.eval.plots import plot_accuracy_vs_severity, plot_reliability, plot_table_bars
+from raylpclip.eval.robustness_plots import plot_accuracy_vs_severity, plot_reliability, plot_table_bars
 from raylpclip.models.classifier import Classifier
 
 METRICS = ("acc1", "acc5", "mean_per_class_recall", "ece", "nll", "auroc")

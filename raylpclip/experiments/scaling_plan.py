@@ -24,10 +24,10 @@ from typing import Any, Optional, Sequence
 from omegaconf import OmegaConf
 
 from raylpclip.config import ConfigError, PretrainConfig, flatten, load_config, require, to_dict, validate
-from raylpclip.experiments.demo_data import SyntheticDataConfig
-from raylpclip.experiments.experiment_file import read_experiment
 from raylpclip.data.shard_files import read_stats, resolve_shards
 from raylpclip.experiments import scaling_report as report
+from raylpclip.experiments.demo_data import SyntheticDataConfig
+from raylpclip.experiments.experiment_file import read_experiment
 
 DEFAULT_METHODS = {"clip": {"psd.a_max": 0.0}, "psd": {"psd.a_max": 0.5}}
 # The scaling experiment decides these per point; a method override may not.

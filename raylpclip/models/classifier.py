@@ -23,9 +23,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from raylpclip.eval.zeroshot import zeroshot_classifier
+from raylpclip.models.bpe_tokenizer import load_tokenizer
 from raylpclip.models.clip import ClipTower, export_clip, load_clip
 from raylpclip.models.head import LinearProbe
-from raylpclip.models.bpe_tokenizer import load_tokenizer
 
 CLASSIFIER_FILE = "classifier.json"
 HEAD_FILE = "head.safetensors"
@@ -53,7 +53,7 @@ def _from_checkpoint(ckpt: Path) -> tuple[ClipTower, object]:
     """A pretraining checkpoint, rebuilt with the config and tokenizer its run saved beside it."""
     from raylpclip.config import PretrainConfig, load_config
     from raylpclip.engine.checkpoint_state import load_state
-    from raylpclip.models.factory import build_tower
+    from raylpclip.models.tower_factory import build_tower
 
     run_dir = ckpt.parent
     if not (run_dir / "config.yaml").is_file():

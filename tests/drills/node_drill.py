@@ -44,10 +44,10 @@ def run(result_path: str, checkpoint_step: int, overrides: list[str], *, head_cp
     import ray
 
     from raylpclip.config import PretrainConfig, load_config
+    from raylpclip.runtime.cluster.session import loopback_node
+    from raylpclip.runtime.train.pretrain_driver import run_pretrain
     from tests.drills.checkpoint_damage import persisted_steps
     from tests.drills.worker_kills import TRACE_ENV, TraceRecords, wait_for
-    from raylpclip.runtime.train.pretrain_driver import run_pretrain
-    from raylpclip.runtime.cluster.session import loopback_node
 
     probe = os.environ.setdefault(TRACE_ENV, tempfile.mkdtemp(prefix="node-drill-"))
     cluster, node = _cluster(head_cpus, node_cpus)

@@ -16,11 +16,11 @@ import pytest
 from raylpclip import batch_schema
 from raylpclip.config import DataConfig, PretrainConfig, load_config
 from raylpclip.data.decode import DataError
+from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.shard_writer import sample_key, write_shards
 from raylpclip.data.synthetic import SyntheticSpec, generate_samples
 from raylpclip.models.bpe_tokenizer import train_tokenizer
 from raylpclip.runtime.cluster import counters
-from raylpclip.data.shard_files import resolve_shards
 from raylpclip.runtime.data.decode_pool import train_source
 from raylpclip.runtime.train.pretrain_driver import run_pretrain
 

@@ -27,9 +27,9 @@ from transformers import CLIPModel
 from raylpclip.config import PretrainConfig, load_config
 from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.checkpoint_state import load_state
-from raylpclip.models.clip import ClipTower
-from raylpclip.models.factory import build_tower
 from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.models.clip import ClipTower
+from raylpclip.models.tower_factory import build_tower
 from raylpclip.runtime.train.pretrain_driver import run_pretrain
 from tests.drills.checkpoint_damage import checkpoint_dirs, persisted_steps, truncate
 from tests.drills.driver_kills import run_until

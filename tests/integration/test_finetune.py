@@ -19,9 +19,9 @@ import torch
 from ray.util.state import list_actors
 
 from raylpclip.cli import main
-from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.commands.finetune import FinetuneConfig
 from raylpclip.config import load_config
+from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.models.classifier import load_classifier, load_encoder
 
 pytestmark = pytest.mark.ray

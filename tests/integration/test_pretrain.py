@@ -8,8 +8,8 @@ import json
 import pytest
 from transformers import CLIPModel
 
-from raylpclip.config import PretrainConfig, load_config
 from raylpclip.commands.demo import DemoConfig, run_demo
+from raylpclip.config import PretrainConfig, load_config
 from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 from .conftest import small_run

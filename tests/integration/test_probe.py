@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from raylpclip.commands.evaluate import cmd_eval
+from raylpclip.commands.probe import ProbeConfig
+from raylpclip.config import load_config
 from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.models.classifier import load_classifier, load_encoder, zeroshot_head
 from raylpclip.runtime.train import probe_driver as probe_module
-from raylpclip.commands.probe import ProbeConfig
-from raylpclip.config import load_config
 from raylpclip.runtime.train.probe_driver import run_probe, train_probes
 from raylpclip.runtime.train.probe_worker import probe_worker
 from tests.drills.worker_kills import TraceRecords, kill_worker_when

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from raylpclip.config import PretrainConfig, load_config
-from raylpclip.runtime.tune.sweep_runner import run_sweep
 from raylpclip.experiments.sweep_space import load_sweep
+from raylpclip.runtime.tune.sweep_runner import run_sweep
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from raylpclip import batch_schema
-from raylpclip.bench import cmd_bench, rate_meter
+from raylpclip.bench import rate_meter
 from raylpclip.bench.cpu_accounting import TreeCpu
 from raylpclip.bench.cpu_pinning import usable_cpus
 from raylpclip.bench.dataloader_route import _shuffled, dataloader
@@ -22,6 +22,7 @@ from raylpclip.bench.ingest_inputs import bench_shards, count_samples, decoder_k
 from raylpclip.bench.ingest_report import format_table, summarize
 from raylpclip.bench.rate_meter import Meter, Rate
 from raylpclip.bench.tar_rows import first_rows, image_bytes, rows_to_batch, tar_rows
+from raylpclip.commands.bench import cmd_bench
 from raylpclip.config import ConfigError, DataConfig, load_config
 from raylpclip.data.decode import BatchDecoder
 from raylpclip.data.shard_writer import sample_key, write_shards

@@ -11,8 +11,8 @@ from raylpclip.bench.train_bench_config import TrainBenchConfig, check, pretrain
 from raylpclip.bench.train_bench_data import lookahead_samples, needed_samples
 from raylpclip.bench.train_bench_report import format_table, summarize
 from raylpclip.bench.train_timing import arm_configs, in_memory_windows, loss_overhead, pooled
-from raylpclip.engine.clock import StepClock, StepRecord, clocked, slope_per_s, window_stats
 from raylpclip.config import ConfigError, ModelConfig, PretrainConfig, PSDConfig, TrainConfig, load_config
+from raylpclip.engine.clock import StepClock, StepRecord, clocked, slope_per_s, window_stats
 from raylpclip.engine.loop import LoopState
 
 

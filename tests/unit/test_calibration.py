@@ -7,13 +7,8 @@ import math
 import pytest
 import torch
 
-from raylpclip.eval.calibration import (
-    expected_calibration_error,
-    misclassification_auroc,
-    negative_log_likelihood,
-    reliability_bins,
-    robustness_metrics,
-)
+from raylpclip.eval.calibration import (expected_calibration_error, misclassification_auroc, negative_log_likelihood,
+                                        reliability_bins, robustness_metrics)
 from raylpclip.eval.metrics import classification_metrics
 
 # Five samples, three classes. Max probability (confidence), prediction, label:

@@ -11,15 +11,14 @@ import torch
 
 from raylpclip import batch_schema
 from raylpclip.cli import main
-from raylpclip.config import ConfigError, OptimConfig, TrainConfig
+from raylpclip.commands.finetune import FinetuneConfig
+from raylpclip.config import ConfigError, OptimConfig, TrainConfig, load_config
 from raylpclip.data.decode import DataError
 from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES
-from raylpclip.methods.carft import (FinetuneTask, carft_loss, context_scale, context_weights, wise_ft)
-from raylpclip.commands.finetune import FinetuneConfig
-from raylpclip.config import load_config
+from raylpclip.methods.carft import FinetuneTask, carft_loss, context_scale, context_weights, wise_ft
 from raylpclip.methods.finetune_model import (ImageClassifier, ImageEncoder, evaluate_classifier, frozen_copy,
                                               labelled_only, set_trainable)
 from raylpclip.models.classifier import context_length, load_encoder, zeroshot_head

@@ -12,9 +12,9 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from raylpclip.engine.checkpoint_state import (MANIFEST_FILE, STATE_FILE, CheckpointError, check_checkpoint, load_state,
-                                         save_state, verify_state)
 from raylpclip.engine.checkpoint_choice import choose, list_checkpoints, preflight
+from raylpclip.engine.checkpoint_state import (MANIFEST_FILE, STATE_FILE, CheckpointError, check_checkpoint, load_state,
+                                               save_state, verify_state)
 from tests.drills.checkpoint_damage import truncate
 
 LOCAL = pafs.LocalFileSystem()

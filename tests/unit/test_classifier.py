@@ -10,14 +10,8 @@ import torch
 from raylpclip.config import PretrainConfig, save_config
 from raylpclip.engine.checkpoint_state import save_state
 from raylpclip.eval.zeroshot import zeroshot_classifier
+from raylpclip.models.classifier import context_length, load_classifier, load_encoder, save_classifier, zeroshot_head
 from raylpclip.models.clip import export_clip
-from raylpclip.models.classifier import (
-    context_length,
-    load_classifier,
-    load_encoder,
-    save_classifier,
-    zeroshot_head,
-)
 from tests.conftest import TINY_CLASSES
 
 TEMPLATES = ["a photo of a {}.", "a blurry sketch of a {}."]

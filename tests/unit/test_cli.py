@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 
 def _run(*args):
     return subprocess.run([sys.executable, "-m", "raylpclip", *args], capture_output=True, text=True, timeout=120)
@@ -63,3 +65,18 @@ def test_unreachable_bucket_fails_fast_with_one_line(tmp_path):
     assert "cannot list shards at 's3://no-such-bucket/shards/{00000..00009}.tar'" in out.stderr
     assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("args, key", [
+    (["probe", "model=/m", "data.train=/t", "data.eval=/e", "lpclip.roundz=2"], "lpclip.roundz"),
+    (["probe", "data.train=/t", "evaluate=false"], "'model'"),
+    (["eval", "classifiers=[/c]", "data.eval=/e", "robustness.corruptions=[fog2]"], "robustness.corruptions"),
+    (["eval", "data.eval=/e", "inference.precision=fp8"], "inference.precision"),
+])
+def test_probe_and_eval_reject_a_bad_config_before_importing_ray(args, key):
+    """The command's run config is checked in the command's own module, so Ray is never imported."""
+    code = ("import sys\nfrom raylpclip.cli import main\n"
+            f"rc = main({args!r})\nprint('result', rc, 'ray' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip().splitlines()[-1] == "result 2 False", out.stdout + out.stderr
+    assert key in out.stderr and "Traceback" not in out.stderr

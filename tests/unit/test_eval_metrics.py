@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from raylpclip.data.tokenization import tokenize
 from raylpclip.eval.metrics import classification_metrics, retrieval_metrics
 from raylpclip.eval.templates import OPENAI_IMAGENET_TEMPLATES, SIMPLE_TEMPLATES
 from raylpclip.eval.zeroshot import zeroshot_classifier
-from raylpclip.models.clip import ClipTower, build_clip
-from raylpclip.data.tokenization import tokenize
 from raylpclip.models.bpe_tokenizer import train_tokenizer
+from raylpclip.models.clip import ClipTower, build_clip
 
 
 def test_classification_metrics_hand_case():

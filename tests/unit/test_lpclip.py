@@ -11,15 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from raylpclip.config import ConfigError
-from raylpclip.methods.lpclip import (
-    LinearProbe,
-    pseudo_labels,
-    self_train,
-    student_logits,
-    supervised_probe,
-    train_probe,
-    zeroshot_logits,
-)
+from raylpclip.methods.lpclip import (LinearProbe, pseudo_labels, self_train, student_logits, supervised_probe,
+                                      train_probe, zeroshot_logits)
 from raylpclip.methods.lpclip_config import LPCLIPConfig, check_config
 
 

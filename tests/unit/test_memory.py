@@ -16,7 +16,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from raylpclip.config import ModelConfig, OptimConfig, PretrainConfig, TrainConfig
-from raylpclip.engine import setup
+from raylpclip.engine import training_setup as setup
 from raylpclip.engine.optim import build_optimizer
 from raylpclip.losses import clip_loss, contrastive, psd_loss
 from raylpclip.models.clip import ClipTower, build_clip

@@ -8,17 +8,9 @@ import pytest
 import torch
 from transformers import CLIPModel
 
-from raylpclip.models.clip import (
-    CLIP_MEAN,
-    CLIP_STD,
-    ClipTower,
-    build_clip,
-    export_clip,
-    load_clip,
-    normalize_images,
-)
 from raylpclip.data.tokenization import tokenize
 from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.models.clip import CLIP_MEAN, CLIP_STD, ClipTower, build_clip, export_clip, load_clip, normalize_images
 
 SPECIAL = dict(vocab_size=300, bos_token_id=0, eos_token_id=1, pad_token_id=3)
 SMALL = {"vision.image_size": 32, "vision.num_hidden_layers": 1, "text.num_hidden_layers": 1}

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from raylpclip.eval.calibration import reliability_bins
-from raylpclip.eval.plots import plot_accuracy_vs_severity, plot_reliability, plot_table_bars
+from raylpclip.eval.robustness_plots import plot_accuracy_vs_severity, plot_reliability, plot_table_bars
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -66,7 +66,7 @@ def test_empty_inputs_raise(tmp_path):
 _HEADLESS_SCRIPT = """
 import os, sys, tempfile
 os.environ.pop("DISPLAY", None)
-import raylpclip.eval.calibration, raylpclip.eval.corruptions, raylpclip.eval.plots as plots
+import raylpclip.eval.calibration, raylpclip.eval.corruptions, raylpclip.eval.robustness_plots as plots
 path = plots.plot_accuracy_vs_severity({"m": {0: 1.0, 1: 0.5}}, os.path.join(tempfile.mkdtemp(), "a.png"))
 print("ray" in sys.modules, "matplotlib.pyplot" in sys.modules, open(path, "rb").read(8) == b"\\x89PNG\\r\\n\\x1a\\n")
 """

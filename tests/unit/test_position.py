@@ -9,7 +9,7 @@ import pytest
 
 from raylpclip import batch_schema
 from raylpclip.data.stream_position import (PositionTracker, RangeSet, SourcePosition, dumps, files_fingerprint, loads,
-                                        merge, pack, shard_of)
+                                            merge, pack, shard_of)
 from raylpclip.runtime.data.row_positions import RowPositions, path_key
 
 

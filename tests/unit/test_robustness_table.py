@@ -10,9 +10,9 @@ import torch
 
 from raylpclip import batch_schema
 from raylpclip.eval.calibration import robustness_metrics
+from raylpclip.eval.robustness_report import EvalOutput, classification_rows, report, summary_table
 from raylpclip.models.classifier import Classifier
 from raylpclip.models.head import LinearProbe
-from raylpclip.eval.robustness_report import EvalOutput, classification_rows, report, summary_table
 
 
 def _rows():

@@ -12,11 +12,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from raylpclip.config import ConfigError, save_config
+from raylpclip.config import ConfigError, flatten, save_config
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.experiments import scaling_report as report
 from raylpclip.experiments.scaling_plan import (Point, finished_summary, load_scaling, plan_points, select_shards,
-                                       shard_pattern)
+                                                shard_pattern)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -242,3 +242,23 @@ def test_plot_is_a_png(tmp_path):
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
     one = report.plot_scaling(rows[:1], [], tmp_path / "one.png", metric="acc1", baseline="clip", treatment="psd")
     assert one.read_bytes()[:4] == b"\x89PNG"  # a single point (an experiment just started) still plots
+
+
+def test_loading_and_planning_write_no_temporary_config_files(tmp_path, monkeypatch):
+    """The experiment YAML, its base and every method's overrides go through load_config as mappings."""
+    import tempfile
+
+    def no_temporary_files(*args, **kwargs):
+        raise AssertionError("a scaling config must not go through a temporary file")
+
+    root = _fake_shards(tmp_path / "train", [10] * 4)
+    _yaml(tmp_path / "base.yaml", "train: {steps: 800, batch_size: 64}\n")
+    path = _yaml(tmp_path / "s.yaml", f"base: base.yaml\ndata: {{train: {root}, eval: {root}}}\n"
+                 "scaling: {fractions: [0.5, 1.0], methods: {clip: {psd.a_max: 0}, psd: {model.overrides: "
+                 "{vision.image_size: 32}}}}\n")
+    monkeypatch.setattr(tempfile, "mkdtemp", no_temporary_files)
+    monkeypatch.setattr(tempfile, "mkstemp", no_temporary_files)
+    points = plan_points(load_scaling(path, ["scaling.methods.psd.psd.a_max=0.3"]))
+    psd = next(p for p in points if p.method == "psd")
+    assert psd.cfg.psd.a_max == 0.3 and flatten(psd.cfg.model.overrides) == {"vision.image_size": 32}
+    assert {p.cfg.train.steps for p in points} == {800}

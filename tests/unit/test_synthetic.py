@@ -9,8 +9,7 @@ import pytest
 from PIL import Image
 
 from raylpclip.data.sample import Sample
-from raylpclip.data.synthetic import (SyntheticSpec, class_names, generate_samples, is_mismatched,
-                                      zeroshot_templates)
+from raylpclip.data.synthetic import SyntheticSpec, class_names, generate_samples, is_mismatched, zeroshot_templates
 
 SPEC = SyntheticSpec()
 

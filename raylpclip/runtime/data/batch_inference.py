@@ -29,7 +29,6 @@ from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.data.shard_reader import read_shards
 
 
-
 def stack_heads(heads: Sequence[LinearProbe]) -> tuple[np.ndarray, np.ndarray]:
     """Heads sharing one class list -> weight (H, C, D) and bias (H, C) arrays for the encoder actors."""
     shapes = {tuple(h.weight.shape) for h in heads}

@@ -33,8 +33,8 @@ from raylpclip import batch_schema
 from raylpclip.config import DataConfig
 from raylpclip.data.mixing import mix_batches
 from raylpclip.data.shuffle import shuffled
-from raylpclip.distributed import gather_objects
 from raylpclip.data.stream_position import PositionTracker, SourcePosition, files_fingerprint, merge
+from raylpclip.distributed import gather_objects
 from raylpclip.runtime.data.decode_pool import train_source
 
 

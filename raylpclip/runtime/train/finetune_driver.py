@@ -24,8 +24,7 @@ from raylpclip.data.storage import configure_s3
 from raylpclip.engine.checkpoint_state import load_state
 from raylpclip.methods.carft import context_scale, context_weights, wise_ft
 from raylpclip.methods.finetune_model import ImageClassifier, ImageEncoder, evaluate_classifier
-from raylpclip.models.classifier import (context_length, load_classifier, load_encoder, save_classifier,
-                                         zeroshot_head)
+from raylpclip.models.classifier import context_length, load_classifier, load_encoder, save_classifier, zeroshot_head
 from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray

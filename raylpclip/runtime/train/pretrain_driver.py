@@ -19,7 +19,7 @@ from raylpclip.engine.checkpoint_choice import preflight
 from raylpclip.engine.checkpoint_state import load_state, verify_state
 from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.models.clip import export_clip
-from raylpclip.models.factory import build_tower
+from raylpclip.models.tower_factory import build_tower
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.train.pretrain_worker import PretrainWorkerArgs, pretrain_worker

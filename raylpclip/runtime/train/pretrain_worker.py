@@ -12,7 +12,7 @@ from raylpclip.config import PretrainConfig
 from raylpclip.engine.clock import clocked
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.pretrain_task import unwrap
-from raylpclip.engine.setup import build_training
+from raylpclip.engine.training_setup import build_training
 from raylpclip.eval.batch_eval import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.runtime.data.batch_stream import TrainStreams
@@ -73,7 +73,7 @@ class PretrainHooks(WorkerHooks):
 def pretrain_worker(args: PretrainWorkerArgs) -> None:
     cfg = args.config
     place = start_worker(threads=cfg.train.threads_per_worker, seed=cfg.train.seed)  # identical initial weights
-    # Model, optimizer, schedule and task with the train.* switches (engine/setup.py), DDP options from
+    # Model, optimizer, schedule and task with the train.* switches (engine/training_setup.py), DDP options from
     # train.ddp_bucket_cap_mb (runtime/train/worker_setup.py).
     t = build_training(cfg, tokenizer=args.tokenizer, rank=place.rank, device=place.device, wrap=ddp_wrap(cfg.train))
     restored = restore_run(t.task, t.optimizer, t.scheduler, run=args.run_storage, say=place.say)

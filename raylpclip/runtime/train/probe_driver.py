@@ -22,24 +22,24 @@ import torch
 from safetensors.torch import load_file
 
 from raylpclip import batch_schema
+from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX
 from raylpclip.commands.probe import ProbeConfig
 from raylpclip.config import ConfigError, save_config
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.data.views import STRONG, WEAK
+from raylpclip.eval.robustness_report import report
 from raylpclip.eval.zeroshot import zeroshot_classifier
 from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.models.classifier import Classifier, context_length, image_size, load_encoder, save_classifier
 from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.cluster import counters
-from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX
+from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.data.batch_inference import encode, view_dataset
+from raylpclip.runtime.data.robustness_eval import evaluate
 from raylpclip.runtime.train.probe_worker import HEADS_FILE, ProbeWorkerArgs, probe_worker
 from raylpclip.runtime.train.trainer_factory import fit, make_trainer, must_have_checkpoint
-from raylpclip.eval.robustness_report import report
-from raylpclip.runtime.data.robustness_eval import evaluate
-from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.summary import write_summary
 
 DONE_MARKER = "_COMPLETE"

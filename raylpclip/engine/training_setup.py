@@ -18,7 +18,7 @@ from raylpclip.config import PretrainConfig, TrainConfig
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
 from raylpclip.models.clip import ClipTower
-from raylpclip.models.factory import build_tower
+from raylpclip.models.tower_factory import build_tower
 
 log = logging.getLogger(__name__)
 
