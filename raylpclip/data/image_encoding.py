@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Callable
 
 from PIL import Image
 
@@ -20,14 +21,17 @@ def _jpeg_ready(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def encode_image(data: bytes, *, image_size: int | None = None) -> tuple[bytes, int, int]:
+def encode_image(data: bytes, *, image_size: int | None = None,
+                 edit: Callable[[Image.Image], Image.Image] | None = None) -> tuple[bytes, int, int]:
     """(JPEG bytes, original width, original height) for encoded image `data`.
 
     With `image_size`, an image whose shorter side is longer is downscaled (bicubic) to that shorter
     side, keeping its aspect ratio (img2dataset's "keep_ratio" mode): no pixels are cropped away, as
     the loader's random-resized-crop (train) and centre crop (eval) do the cropping. Smaller images
-    are never upscaled. The original bytes are kept as they are unless resized or not JPEG, so
-    nothing is lost to a second JPEG compression. Raises ValueError for unreadable data.
+    are never upscaled. The original bytes are kept as they are unless resized, edited or not JPEG,
+    so nothing is lost to a second JPEG compression. `edit` (RGB in, RGB out) changes the image after
+    the resize, i.e. the image as stored, which is what an edit's strength is meant for. Raises
+    ValueError for unreadable data.
     """
     try:
         with Image.open(io.BytesIO(data)) as img:
@@ -35,7 +39,7 @@ def encode_image(data: bytes, *, image_size: int | None = None) -> tuple[bytes, 
             width, height = img.size
             short = min(width, height)
             resize = image_size is not None and short > image_size
-            if not resize and img.format in JPEG_FORMATS:
+            if not resize and edit is None and img.format in JPEG_FORMATS:
                 return data, width, height
             out = _jpeg_ready(img)
             if resize:
@@ -44,6 +48,8 @@ def encode_image(data: bytes, *, image_size: int | None = None) -> tuple[bytes, 
                 else:
                     size = (max(1, round(width * image_size / height)), image_size)
                 out = out.resize(size, Image.BICUBIC)
+            if edit is not None:
+                out = edit(out.convert("RGB"))
             buf = io.BytesIO()
             out.save(buf, format="JPEG", quality=JPEG_QUALITY)
             return buf.getvalue(), width, height

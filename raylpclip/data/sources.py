@@ -6,7 +6,9 @@ A source is built in two steps so that shard writing can be spread over Ray task
 1. `*_items` lists the images and decides every caption up front (cheap, in the driver): class
    labels, templates, deliberately wrong captions and the held-out split are all fixed here from
    the seed, so the result never depends on how the items are later chunked into tasks.
-2. `load_sample` reads and (re-)encodes one item's image (the expensive part, in the tasks).
+2. `load_sample` reads and (re-)encodes one item's image (the expensive part, in the tasks). An item
+   may carry an `edit` (raylpclip.data.image_contexts: the context world's grayscale, blur, ...),
+   applied there too; and a `GeneratedItem` (the procedural world) is drawn there from its index.
 
 `image_folder_samples` and `caption_csv_samples` chain both steps for single-process use.
 
@@ -18,9 +20,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
+from PIL import Image
 
 from raylpclip.data.image_encoding import encode_image
 from raylpclip.data.sample import Sample
@@ -28,13 +31,30 @@ from raylpclip.data.sample import Sample
 MAX_SKIP_EXAMPLES = 5
 
 
+class ImageEdit(Protocol):
+    """A picklable change to an image (RGB in, RGB out), made in the writer task after the resize."""
+
+    def __call__(self, image: Image.Image) -> Image.Image: ...
+
+
 @dataclass(frozen=True)
 class SourceItem:
-    """One image to be written with one caption: everything but the pixels, decided in the driver."""
+    """One image to be written with one caption: everything but the pixels, decided in the driver.
+    With an `edit`, the image is always decoded, edited and re-encoded (never kept as it was)."""
 
     path: str
     caption: str
     meta: dict[str, Any] = field(default_factory=dict)
+    edit: ImageEdit | None = None
+
+
+@dataclass(frozen=True)
+class GeneratedItem:
+    """A sample that is a pure function of its index (`recipe(index)`), drawn where it is loaded: a
+    writer task receives a recipe and indices, not pixels."""
+
+    recipe: Callable[[int], Sample]
+    index: int
 
 
 @dataclass
@@ -63,11 +83,17 @@ class SourceStats:
         return sum(self.skipped.values())
 
 
-def load_sample(item: SourceItem, *, image_size: int | None = None, stats: SourceStats | None = None) -> Sample | None:
+def load_sample(item: SourceItem | GeneratedItem, *, image_size: int | None = None,
+                stats: SourceStats | None = None) -> Sample | None:
     """The item's image read and encoded as a Sample, or None (counted in `stats`) when the file is
     gone ("missing") or cannot be decoded ("unreadable"). `meta` gains the source image's size as
-    `source_width`/`source_height` (the shard writer's own `original_*` fields describe the stored JPEG)."""
+    `source_width`/`source_height` (the shard writer's own `original_*` fields describe the stored JPEG).
+    A GeneratedItem is drawn at its recipe's own size (`image_size` does not apply)."""
     stats = stats if stats is not None else SourceStats()
+    if isinstance(item, GeneratedItem):
+        sample = item.recipe(item.index)
+        stats.samples += 1
+        return sample
     try:
         with open(item.path, "rb") as f:
             data = f.read()
@@ -78,7 +104,7 @@ def load_sample(item: SourceItem, *, image_size: int | None = None, stats: Sourc
         stats.skip("unreadable", f"{item.path} ({err})")
         return None
     try:
-        jpg, width, height = encode_image(data, image_size=image_size)
+        jpg, width, height = encode_image(data, image_size=image_size, edit=item.edit)
     except ValueError as err:
         stats.skip("unreadable", f"{item.path} ({err})")
         return None
@@ -87,7 +113,7 @@ def load_sample(item: SourceItem, *, image_size: int | None = None, stats: Sourc
                   meta={**item.meta, "source_width": width, "source_height": height})
 
 
-def iter_samples(items: Iterable[SourceItem], *, image_size: int | None = None,
+def iter_samples(items: Iterable[SourceItem | GeneratedItem], *, image_size: int | None = None,
                  stats: SourceStats | None = None) -> Iterator[Sample]:
     """`load_sample` over items, leaving out (and counting) the ones that cannot be read."""
     for item in items:
@@ -96,7 +122,7 @@ def iter_samples(items: Iterable[SourceItem], *, image_size: int | None = None,
             yield sample
 
 
-def shuffled(items: Sequence[SourceItem], *, seed: int) -> list[SourceItem]:
+def shuffled(items: Sequence[Any], *, seed: int) -> list[Any]:
     """Items in a seeded random order. Sources list images class by class (and an image's captions
     together) while the loader only shuffles shard order plus a small buffer: shuffling before
     sharding gives every shard a mix of classes and spreads an image's captions over shards."""

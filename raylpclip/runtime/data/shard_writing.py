@@ -1,8 +1,9 @@
 """Writing img2dataset shards from a source's items with parallel Ray tasks.
 
 The driver cuts the item list into shard-sized chunks; each task reads and encodes one chunk's
-images and writes shard `i` with `raylpclip.data.shard_writer.write_shard`. A shard's contents depend only
-on its chunk, so a retried task rewrites the same bytes under the same names.
+images (applying an item's edit, or drawing a GeneratedItem from its index) and writes shard `i`
+with `raylpclip.data.shard_writer.write_shard`. A shard's contents depend only on its chunk, so a
+retried task rewrites the same bytes under the same names.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from fsspec.implementations.local import LocalFileSystem
 from raylpclip.config import RayConfig
 from raylpclip.data.shard_files import check_fmt
 from raylpclip.data.shard_writer import oom_sample_per_shard, write_shard
-from raylpclip.data.sources import SourceItem, SourceStats, iter_samples
+from raylpclip.data.sources import GeneratedItem, SourceItem, SourceStats, iter_samples
 from raylpclip.runtime.cluster.session import ensure_ray
 
 # Files a shard writer leaves in its output directory (img2dataset's names) and our summary.
 SHARD_FILE = re.compile(r"^\d+(\.tar|\.parquet|_stats\.json)$")
 PROGRESS_LINES = 20  # progress is printed about this many times per run, whatever the shard count
+Item = SourceItem | GeneratedItem  # what a writer task loads
 
 
 @dataclass
@@ -41,13 +43,13 @@ class WriteReport:
     wall_s: float = 0.0
 
 
-def chunk(items: Sequence[SourceItem], samples_per_shard: int) -> list[list[SourceItem]]:
+def chunk(items: Sequence[Item], samples_per_shard: int) -> list[list[Item]]:
     """Consecutive chunks of at most `samples_per_shard` items; chunk i becomes shard i."""
     oom_sample_per_shard(samples_per_shard)  # validates >= 1
     return [list(items[i:i + samples_per_shard]) for i in range(0, len(items), samples_per_shard)]
 
 
-def _write_chunk(items: list[SourceItem], out_dir: str, *, shard_id: int, shard_count: int, fmt: str,
+def _write_chunk(items: list[Item], out_dir: str, *, shard_id: int, shard_count: int, fmt: str,
                  samples_per_shard: int, image_size: int | None,
                  storage_options: dict[str, Any] | None) -> SourceStats:
     """Read, encode and write one shard; returns its counts (unreadable images are skipped, so a
@@ -89,7 +91,7 @@ def _progress_every(total: int) -> int:
     return max(1, total // PROGRESS_LINES)
 
 
-def write_items(items: Sequence[SourceItem], out_dir: str, *, fmt: str = "webdataset",
+def write_items(items: Sequence[Item], out_dir: str, *, fmt: str = "webdataset",
                 samples_per_shard: int = 1000, image_size: int | None = None,
                 storage_options: dict[str, Any] | None = None, num_cpus: float = 1.0,
                 max_in_flight: int | None = None, overwrite: bool = False,
@@ -138,7 +140,7 @@ def write_items(items: Sequence[SourceItem], out_dir: str, *, fmt: str = "webdat
                        wall_s=time.perf_counter() - start)
 
 
-def write_items_on_ray(items: Sequence[SourceItem], out_dir: str, *, parallelism: int | None = None,
+def write_items_on_ray(items: Sequence[Item], out_dir: str, *, parallelism: int | None = None,
                        ray_address: str = "", **write_options: Any) -> WriteReport:
     """`write_items` on the Ray cluster at `ray_address` (or RAY_ADDRESS), else on a local instance
     started for it and stopped again afterwards. `parallelism`: writer tasks at once (default: the CPU
