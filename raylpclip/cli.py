@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "probe": "raylpclip.commands.probe:cmd_probe",
     "scaling": "raylpclip.commands.scaling:cmd_scaling",
     "shards": "raylpclip.commands.shards:cmd_shards",
+    "study": "raylpclip.commands.study:cmd_study",
     "sweep": "raylpclip.commands.sweep:cmd_sweep",
     "tokenizer": "raylpclip.commands.tokenizer:cmd_tokenizer",
 }

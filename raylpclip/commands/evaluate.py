@@ -29,6 +29,7 @@ class EvalRunConfig(RunConfig):
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    save_predictions: bool = False  # predictions.npz: every test image's predicted class and confidence
 
     def check(self) -> None:
         super().check()

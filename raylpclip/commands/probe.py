@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raylpclip.config import config_args, load_config, require
-from raylpclip.config.sections import DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig
+from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig,
+                                       ViewsConfig)
 from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.methods.lpclip_config import check_config as check_lpclip
 
@@ -32,6 +33,7 @@ class ProbeConfig(RunConfig):
     lpclip: LPCLIPConfig = field(default_factory=lambda: LPCLIPConfig(logit_scale=None))  # None: the model's own s
     supervised: bool = True  # also train the labelled reference probe when the training shards carry labels
     max_train_samples: int = 0  # 0: every training image
+    views: ViewsConfig = field(default_factory=ViewsConfig)  # the weak (teacher) and strong (student) views
     train: ProbeWorkersConfig = field(default_factory=ProbeWorkersConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)

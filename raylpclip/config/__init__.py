@@ -6,12 +6,12 @@ from raylpclip.config.loader import (apply_overrides, config_args, flatten, from
                                      save_config, to_dict)
 from raylpclip.config.sections import (DECODE_BATCH_BYTES, DataConfig, EvalConfig, InferenceConfig, ModelConfig,
                                        OptimConfig, PretrainConfig, PSDConfig, RayConfig, RobustnessConfig, RunConfig,
-                                       S3Config, SourceConfig, TrainConfig)
+                                       S3Config, SourceConfig, TrainConfig, ViewsConfig)
 
 __all__ = [
     "ConfigError", "check_name", "choice", "require", "validate",
     "apply_overrides", "config_args", "flatten", "from_dict", "load_config", "read_yaml", "save_config", "to_dict",
     "DECODE_BATCH_BYTES", "DataConfig", "EvalConfig", "InferenceConfig", "ModelConfig", "OptimConfig",
     "PretrainConfig", "PSDConfig", "RayConfig", "RobustnessConfig", "RunConfig", "S3Config", "SourceConfig",
-    "TrainConfig",
+    "TrainConfig", "ViewsConfig",
 ]

@@ -11,7 +11,7 @@ import dataclasses
 from typing import Any, Sequence
 
 from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, ModelConfig, OptimConfig, PSDConfig,
-                                       RayConfig, RobustnessConfig, TrainConfig)
+                                       RayConfig, RobustnessConfig, TrainConfig, ViewsConfig)
 
 
 class ConfigError(ValueError):
@@ -152,6 +152,13 @@ def _check_robustness(r: RobustnessConfig, key: str) -> None:
         raise ConfigError(f"config key '{key}.max_samples/n_bins': expected max_samples >= 0 and n_bins >= 1")
 
 
+def _check_views(v: ViewsConfig, key: str) -> None:
+    require(0.0 < v.weak_scale_min <= 1.0, f"{key}.weak_scale_min", f"got {v.weak_scale_min}, expected in (0, 1]")
+    require(0.0 < v.strong_scale_min <= 1.0, f"{key}.strong_scale_min", f"got {v.strong_scale_min}, expected in (0, 1]")
+    require(0.0 <= v.strong_jitter < 1.0, f"{key}.strong_jitter", f"got {v.strong_jitter}, expected in [0, 1)")
+    require(0.0 <= v.strong_grayscale_p <= 1.0, f"{key}.strong_grayscale_p", "expected in [0, 1]")
+
+
 _SECTION_CHECKS = {
     DataConfig: _check_data,
     ModelConfig: _check_model,
@@ -162,4 +169,5 @@ _SECTION_CHECKS = {
     RayConfig: _check_ray,
     InferenceConfig: _check_inference,
     RobustnessConfig: _check_robustness,
+    ViewsConfig: _check_views,
 }

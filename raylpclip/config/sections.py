@@ -148,6 +148,8 @@ class EvalConfig:
     classnames: list[str] = field(default_factory=list)  # empty: taken from the eval shards' label_name
     templates: list[str] = field(default_factory=lambda: ["a photo of a {}."])
     batch_size: int = 256
+    # With labelled eval shards, also image<->text retrieval recall@k on their captions (two passes).
+    retrieval: bool = False
 
 
 @dataclass
@@ -234,3 +236,17 @@ class RobustnessConfig:
     severities: list[int] = field(default_factory=_every_severity)
     max_samples: int = 2000  # test images evaluated (each x every view); 0: all
     n_bins: int = 15  # ECE bins
+
+
+@dataclass
+class ViewsConfig:
+    """LP-CLIP's weak and strong augmentations (methods.md section 2): the teacher labels the weak view,
+    the student learns from the strong one. Each is a random-resized crop over `*_scale` of the area, an
+    optional horizontal flip, and for the strong view colour jitter and random grayscale."""
+
+    weak_scale_min: float = 0.8
+    weak_hflip: bool = True
+    strong_scale_min: float = 0.35
+    strong_hflip: bool = True
+    strong_jitter: float = 0.4  # brightness, contrast, saturation factors in [1 - jitter, 1 + jitter]
+    strong_grayscale_p: float = 0.2

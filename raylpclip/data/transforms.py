@@ -122,7 +122,7 @@ def clip_preprocess(img: Image.Image, *, size: int = 224) -> np.ndarray:
 
 def strong_transform(img: Image.Image, *, size: int, rng: np.random.Generator,
                      scale: tuple[float, float] = (0.35, 1.0), jitter: float = 0.4,
-                     grayscale_p: float = 0.2) -> np.ndarray:
+                     grayscale_p: float = 0.2, hflip: bool = True) -> np.ndarray:
     """A strong view for LP-CLIP's student (the FixMatch/SimCLR family): random-resized crop over a wide
     area range, horizontal flip, brightness/contrast/saturation jitter in [1 - jitter, 1 + jitter] in a
     random order, random grayscale -> uint8 (3, size, size). Deterministic given the state of `rng`."""
@@ -130,7 +130,8 @@ def strong_transform(img: Image.Image, *, size: int, rng: np.random.Generator,
 
     box = _random_resized_box(*img.size, rng=rng, scale=scale, ratio=(3 / 4, 4 / 3))
     out = img.resize((size, size), Image.BICUBIC, box=box)
-    if rng.random() < 0.5:
+    flip = rng.random() < 0.5  # drawn either way: the draws after it stay where they were
+    if hflip and flip:
         out = out.transpose(Image.FLIP_LEFT_RIGHT)
     enhancers = [ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color]
     for index in rng.permutation(len(enhancers)):

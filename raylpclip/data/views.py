@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raylpclip import batch_schema
+from raylpclip.config.sections import ViewsConfig
 from raylpclip.data.decode import (IMAGE_KEYS, TEXT_KEYS, DataError, _as_text, _first_present, _image_id, _keys, _label,
                                    _row_meta, describe_columns, source_paths)
 from raylpclip.data.tokenization import tokenize, tokenize_on_one_thread
@@ -58,12 +59,17 @@ def view_rng(seed: int, view: str, key: str) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest, "little"))
 
 
-def make_view(img, view: str, *, size: int, key: str, seed: int, clean: np.ndarray | None = None) -> np.ndarray:
-    """One view of a decoded PIL image -> uint8 (3, size, size). `clean` reuses an already made clean view."""
+def make_view(img, view: str, *, size: int, key: str, seed: int, clean: np.ndarray | None = None,
+              augment: ViewsConfig | None = None) -> np.ndarray:
+    """One view of a decoded PIL image -> uint8 (3, size, size). `clean` reuses an already made clean view;
+    `augment`: the weak and strong views' settings (default: ViewsConfig's)."""
+    a = augment or ViewsConfig()
     if view == WEAK:
-        return train_transform(img, size=size, rng=view_rng(seed, view, key), scale=(0.8, 1.0), hflip=True)
+        return train_transform(img, size=size, rng=view_rng(seed, view, key), scale=(a.weak_scale_min, 1.0),
+                               hflip=a.weak_hflip)
     if view == STRONG:
-        return strong_transform(img, size=size, rng=view_rng(seed, view, key))
+        return strong_transform(img, size=size, rng=view_rng(seed, view, key), scale=(a.strong_scale_min, 1.0),
+                                hflip=a.strong_hflip, jitter=a.strong_jitter, grayscale_p=a.strong_grayscale_p)
     base = clean if clean is not None else eval_transform(img, size=size)
     parsed = parse_view(view)
     if parsed is None:
@@ -79,12 +85,14 @@ class ViewDecoder:
     with a tokenizer the caption's `input_ids`/`attention_mask` (retrieval evaluation)."""
 
     def __init__(self, *, views: Sequence[str], image_size: int, seed: int = 0, tokenizer=None,
-                 context_length: int = 0, fail_after_bad: int | None = 1000, counter=None):
+                 context_length: int = 0, fail_after_bad: int | None = 1000, counter=None,
+                 augment: ViewsConfig | None = None):
         if not views:
             raise ValueError("ViewDecoder needs at least one view")
         for view in views:
             parse_view(view)
         self.views = list(views)
+        self.augment = augment
         self.image_size = image_size
         self.seed = seed
         self.tokenizer = tokenizer
@@ -146,7 +154,8 @@ class ViewDecoder:
         for i, img in rows:
             clean = eval_transform(img, size=size)
             for view in self.views:
-                per_view[view].append(make_view(img, view, size=size, key=keys[i], seed=self.seed, clean=clean))
+                per_view[view].append(make_view(img, view, size=size, key=keys[i], seed=self.seed, clean=clean,
+                                                augment=self.augment))
             meta = _row_meta(batch, i)
             labels.append(_label(meta))
             image_ids.append(_image_id(meta, keys[i]))

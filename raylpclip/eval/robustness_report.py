@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -36,6 +36,9 @@ class EvalOutput:
     reliability: dict[str, dict]  # classifier -> clean reliability bins
     samples: int
     mode: str  # classification | retrieval
+    # Per test image (what paired comparisons resample): "<classifier>|image_id" and "|label" in the order
+    # of that classifier's encoder pass, "<classifier>|<view>|pred" / "|conf" (predicted class, its probability).
+    predictions: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def views_for(cfg: RobustnessConfig) -> list[str]:
@@ -48,7 +51,10 @@ def view_row(name: str, view: str, metrics: dict) -> dict:
             "severity": parsed[1] if parsed else 0, **metrics}
 
 
-def classification_rows(members: dict[str, Classifier], parts, views, n_bins) -> tuple[list[dict], dict]:
+def classification_rows(members: dict[str, Classifier], parts, views, n_bins,
+                        predictions: dict[str, np.ndarray] | None = None) -> tuple[list[dict], dict]:
+    """Metric rows per (classifier, view) and clean reliability bins; per-image predictions go into
+    `predictions` when given."""
     labels = torch.from_numpy(np.concatenate(parts[batch_schema.LABEL]))
     if (labels < 0).any():
         raise ValueError(f"{int((labels < 0).sum())} test images have no `label` in their metadata; classification "
@@ -58,6 +64,10 @@ def classification_rows(members: dict[str, Classifier], parts, views, n_bins) ->
         logits = torch.from_numpy(np.concatenate(parts[LOGITS_PREFIX + view]))  # (N, H, C)
         for h, name in enumerate(members):
             rows.append(view_row(name, view, robustness_metrics(logits[:, h], labels, n_bins=n_bins)))
+            if predictions is not None:
+                conf, pred = logits[:, h].double().softmax(1).max(1)
+                predictions[f"{name}|{view}|pred"] = pred.numpy().astype(np.int16)
+                predictions[f"{name}|{view}|conf"] = conf.numpy().astype(np.float32)
             if view == CLEAN:
                 reliability[name] = reliability_bins(logits[:, h].double().softmax(1), labels, n_bins=n_bins)
     return rows, reliability
@@ -127,9 +137,12 @@ def print_table(table: Sequence[dict], metrics: Sequence[str]) -> None:
         print(f"[raylpclip] {r['classifier']:<{width}}{cells}")
 
 
-def report(output: EvalOutput, out_dir: Path) -> dict:
-    """Write results.csv, table.csv and the plots; print the table; return summary.json's content."""
+def report(output: EvalOutput, out_dir: Path, *, save_predictions: bool = False) -> dict:
+    """Write results.csv, table.csv and the plots (and predictions.npz: every test image's prediction under
+    every classifier and view); print the table; return summary.json's content."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    if save_predictions and output.predictions:
+        np.savez_compressed(out_dir / "predictions.npz", **output.predictions)
     metrics = METRICS if output.mode == "classification" else RETRIEVAL_METRICS
     table = summary_table(output.rows, metrics)
     write_csv(output.rows, out_dir / "results.csv")

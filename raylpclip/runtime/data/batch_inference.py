@@ -18,7 +18,7 @@ from ray.data import Dataset
 
 from raylpclip import batch_schema
 from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX, TEXT_FEATURES
-from raylpclip.config import DataConfig, InferenceConfig
+from raylpclip.config import DataConfig, InferenceConfig, ViewsConfig
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.tokenization import text_encoder
 from raylpclip.data.views import IMAGE_PREFIX, ViewDecoder
@@ -93,7 +93,7 @@ class Encoder:
 
 
 def view_dataset(paths: str, data: DataConfig, *, views: Sequence[str], limit: int = 0, tokenizer=None,
-                 counter=None, batch_size: int = 64) -> Dataset:
+                 counter=None, batch_size: int = 64, augment: ViewsConfig | None = None) -> Dataset:
     """Shards -> one row per usable image with an `view_<view>` column per view (CPU tasks)."""
     files, fmt = resolve_shards(paths, data.format)
     ds, _ = read_shards(files, fmt=fmt, s3=data.s3, counter=counter)
@@ -102,7 +102,8 @@ def view_dataset(paths: str, data: DataConfig, *, views: Sequence[str], limit: i
     return ds.map_batches(
         ViewDecoder, fn_constructor_kwargs=dict(
             views=list(views), image_size=data.image_size, seed=data.shuffle_seed, tokenizer=text_encoder(tokenizer),
-            context_length=data.context_length, fail_after_bad=data.fail_after_bad, counter=counter),
+            context_length=data.context_length, fail_after_bad=data.fail_after_bad, counter=counter,
+            augment=augment),
         batch_size=batch_size, num_cpus=data.decode_cpus,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=data.decode_concurrency,
                                            initial_size=data.decode_concurrency),

@@ -49,7 +49,7 @@ def evaluate(classifiers: dict[str, Classifier | str], *, eval_path: str, data: 
     by_encoder: dict[str, dict] = defaultdict(dict)
     for name, clf in classifiers.items():
         by_encoder[clf.encoder if isinstance(clf, Classifier) else clf][name] = clf
-    rows, reliability, samples = [], {}, 0
+    rows, reliability, samples, predictions = [], {}, 0, {}
     retrieval = any(not isinstance(c, Classifier) for c in classifiers.values())
     for i, (encoder, members) in enumerate(by_encoder.items(), 1):
         print(f"[raylpclip] eval encoder {i}/{len(by_encoder)} ({encoder}): {', '.join(members)} on "
@@ -66,10 +66,17 @@ def evaluate(classifiers: dict[str, Classifier | str], *, eval_path: str, data: 
             for name in members:
                 rows += retrieval_rows(name, parts, views)
         else:
-            more_rows, more_bins = classification_rows(members, parts, views, cfg.n_bins)
+            mine: dict = {}
+            more_rows, more_bins = classification_rows(members, parts, views, cfg.n_bins, predictions=mine)
             rows += more_rows
             reliability.update(more_bins)
-    return EvalOutput(rows, reliability, samples, "retrieval" if retrieval else "classification")
+            # Each encoder's pass delivers the images in its own order: every classifier keeps its images'
+            # ids and labels, so that a paired comparison matches images, not positions.
+            ids, labels = np.concatenate(parts[batch_schema.IMAGE_ID]), np.concatenate(parts[batch_schema.LABEL])
+            for name in members:
+                predictions[f"{name}|image_id"], predictions[f"{name}|label"] = ids, labels.astype(np.int16)
+            predictions.update(mine)
+    return EvalOutput(rows, reliability, samples, "retrieval" if retrieval else "classification", predictions)
 
 
 def run_robustness_eval(cfg, classifiers: dict[str, Classifier | str], *, tokenizers: dict[str, object]) -> dict:
@@ -81,7 +88,7 @@ def run_robustness_eval(cfg, classifiers: dict[str, Classifier | str], *, tokeni
     counter = counters.new_counter()
     output = evaluate(classifiers, eval_path=cfg.data.eval, data=cfg.data, cfg=cfg.robustness,
                       inference=cfg.inference, tokenizers=tokenizers, counter=counter)
-    summary = report(output, cfg.run_dir)
+    summary = report(output, cfg.run_dir, save_predictions=cfg.save_predictions)
     summary.update(run_dir=str(cfg.run_dir.resolve()), wall_s=time.perf_counter() - start,
                    skipped=counters.totals(counter), classifiers={n: getattr(c, "encoder", c) for n, c in classifiers.items()})
     write_summary(cfg.run_dir, summary)

@@ -49,13 +49,18 @@ class PretrainHooks(WorkerHooks):
         self.tokenizer, self.classnames = tokenizer, classnames
 
     def evaluate(self, *, final: bool) -> dict:
-        tower = unwrap(self.task.model)
-        batches = ray.train.get_dataset_shard("eval").iter_torch_batches(batch_size=self.cfg.eval.batch_size)
-        if not self.classnames:
-            return retrieval_evaluate(tower, batches, device=self.device, precision=self.cfg.train.precision)
-        classifier = zeroshot_classifier(tower, self.tokenizer, self.classnames, self.cfg.eval.templates,
-                                         context_length=self.cfg.data.context_length, device=self.device)
-        return zeroshot_evaluate(tower, classifier, batches, device=self.device, precision=self.cfg.train.precision)
+        tower, precision = unwrap(self.task.model), self.cfg.train.precision
+        shard = ray.train.get_dataset_shard("eval")
+        metrics = {}
+        if not self.classnames or self.cfg.eval.retrieval:
+            batches = shard.iter_torch_batches(batch_size=self.cfg.eval.batch_size)
+            metrics.update(retrieval_evaluate(tower, batches, device=self.device, precision=precision))
+        if self.classnames:
+            classifier = zeroshot_classifier(tower, self.tokenizer, self.classnames, self.cfg.eval.templates,
+                                             context_length=self.cfg.data.context_length, device=self.device)
+            batches = shard.iter_torch_batches(batch_size=self.cfg.eval.batch_size)
+            metrics.update(zeroshot_evaluate(tower, classifier, batches, device=self.device, precision=precision))
+        return metrics
 
     def line(self, state: LoopState, m: dict) -> str:
         return (f"[raylpclip] step {state.step}/{self.cfg.train.steps} loss {m.get('loss', float('nan')):.4f} "

@@ -13,6 +13,8 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 import time
 from pathlib import Path
 
@@ -24,7 +26,7 @@ from safetensors.torch import load_file
 from raylpclip import batch_schema
 from raylpclip.batch_schema import FEATURE_PREFIX, LOGITS_PREFIX
 from raylpclip.commands.probe import ProbeConfig
-from raylpclip.config import ConfigError, save_config
+from raylpclip.config import ConfigError, save_config, to_dict
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
@@ -57,22 +59,33 @@ def probe_classnames(cfg: ProbeConfig) -> list[str]:
     raise ConfigError("config key 'eval.classnames': required, since no shard carries `label_name` metadata")
 
 
+def _feature_inputs(cfg: ProbeConfig) -> str:
+    """What the stored features (and the teacher's logits beside them) depend on: reused only when all of it
+    is the same."""
+    return json.dumps({"model": str(Path(cfg.model).resolve()), "train": cfg.data.train, "views": to_dict(cfg.views),
+                       "max_train_samples": cfg.max_train_samples, "seed": cfg.data.shuffle_seed,
+                       "teacher": [to_dict(cfg.eval), cfg.lpclip.logit_scale]}, sort_keys=True)
+
+
 def extract_features(cfg: ProbeConfig, head: LinearProbe, counter) -> Path:
     """Weak/strong features and teacher logits of every training image, as parquet (done once per run)."""
     out = cfg.run_dir / "features" / "train"
-    if (out / DONE_MARKER).is_file():
+    marker = out / DONE_MARKER
+    if marker.is_file() and json.loads(marker.read_text()).get("inputs") == _feature_inputs(cfg):
         print(f"[raylpclip] reusing features in {out}", flush=True)
         return out
+    if out.exists():  # made from other inputs (or cut short): made again
+        shutil.rmtree(out)
     start = time.perf_counter()
     data = dataclasses.replace(cfg.data, image_size=image_size(cfg.model))
     ds = view_dataset(cfg.data.train, data, views=[WEAK, STRONG], limit=cfg.max_train_samples, counter=counter,
-                      batch_size=cfg.inference.decode_batch_size)
+                      batch_size=cfg.inference.decode_batch_size, augment=cfg.views)
     ds = encode(ds, encoder=cfg.model, cfg=cfg.inference, heads=[head])
     keep = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, LOGITS_PREFIX + WEAK, batch_schema.LABEL, batch_schema.IMAGE_ID,
             batch_schema.KEY]
     ds.select_columns(keep).write_parquet(str(out.resolve()))
     rows = ray.data.read_parquet(str(out.resolve())).count()
-    (out / DONE_MARKER).write_text(str(rows))
+    marker.write_text(json.dumps({"rows": rows, "inputs": _feature_inputs(cfg)}))
     print(f"[raylpclip] features of {rows} training images written to {out} in {time.perf_counter() - start:.0f}s",
           flush=True)
     return out
