@@ -68,6 +68,9 @@ class StudyConfig(RunConfig):
     downstream_model: str = "psd"  # the pretrained model (largest size, each seed) that claims 2 and 3 start from
     pretrain: dict[str, Any] = field(default_factory=dict)  # pretrain config keys (the recipe), as in pretrain YAMLs
     probe: dict[str, Any] = field(default_factory=dict)  # probe config keys
+    # LP-CLIP variants (name: probe keys on top of `probe`), each its own probe run; the first is the one claim 2
+    # is decided with, the others are reported beside it. Empty: one variant, `lpclip`.
+    probe_variants: dict[str, Any] = field(default_factory=dict)
     finetune: dict[str, Any] = field(default_factory=dict)  # finetune config keys (method is set per cell)
     zeroshot_templates: list[str] = field(default_factory=lambda: ["an image of a {}.", "this is a {}."])
     robustness: RobustnessConfig = field(default_factory=RobustnessConfig)
@@ -83,6 +86,8 @@ class StudyConfig(RunConfig):
     def __post_init__(self) -> None:
         if not self.methods:
             self.methods = {name: dict(keys) for name, keys in DEFAULT_METHODS.items()}
+        if not self.probe_variants:
+            self.probe_variants = {"lpclip": {}}
 
     def check(self) -> None:
         super().check()
@@ -101,6 +106,8 @@ class StudyConfig(RunConfig):
             require(getattr(self, role) in self.methods, role,
                     f"got {getattr(self, role)!r}, expected one of the methods {list(self.methods)}")
         require(self.parallel >= 1, "parallel", "expected >= 1")
+        bad = [v for v in self.probe_variants if not v or "-" in v or "/" in v]
+        require(not bad, "probe_variants", f"got {bad}, expected names without '-' or '/'")
         unknown = [p for p in self.parts if p not in PARTS]
         require(bool(self.parts) and not unknown, "parts", f"got {self.parts}, expected some of {list(PARTS)}")
         require(0.5 < self.claims.level < 1.0, "claims.level", "expected in (0.5, 1)")

@@ -72,10 +72,10 @@ def claim_psd(plan: StudyPlan, rows: list[dict]) -> dict[str, Any]:
             "verdict": _overall(parts)}
 
 
-def _teacher_student(plan: StudyPlan, student: str) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def _teacher_student(plan: StudyPlan, group: str, student: str) -> list[tuple[np.ndarray, ...]]:
     """Per seed: (teacher correct, student correct) on clean and mean-over-corruptions, matched by image."""
     out = []
-    for cell in cells_of(plan.cells, "eval", group="probe", split="test-clean"):
+    for cell in cells_of(plan.cells, "eval", group=group, split="test-clean"):
         preds = predictions(plan, cell.id)
         if preds is None or f"{student}|image_id" not in preds:
             continue
@@ -93,16 +93,14 @@ def _teacher_student(plan: StudyPlan, student: str) -> list[tuple[np.ndarray, np
     return out
 
 
-def claim_lpclip(plan: StudyPlan, rows: list[dict]) -> dict[str, Any]:
-    cfg, level = plan.cfg, plan.cfg.claims.level
-    probes = cells_of(plan.cells, "probe")
-    if not probes:
-        return {"id": 2, "title": "LP-CLIP, with no label, beats its zero-shot teacher", "verdict": "not run",
-                "parts": [_part("LP-CLIP against its teacher", None, note="part `probe` not in the design's parts")]}
-    student = f"lpclip-r{probes[0].config.lpclip.rounds}"
-    at = dict(kind="eval", group="probe", split="test-clean")
+def lpclip_parts(plan: StudyPlan, rows: list[dict], variant: str) -> list[dict[str, Any]]:
+    """The parts of claim 2 for one LP-CLIP variant: its last round against the zero-shot teacher."""
+    cfg, level, group = plan.cfg, plan.cfg.claims.level, f"probe-{variant}"
+    probe = cells_of(plan.cells, "probe", variant=variant)[0]
+    student = f"lpclip-r{probe.config.lpclip.rounds}"
+    at = dict(kind="eval", group=group, split="test-clean")
     parts = []
-    pooled = _teacher_student(plan, student)
+    pooled = _teacher_student(plan, group, student)
     for metric, idx in (("clean_acc1", 0), ("corrupted_acc1", 2)):
         boot = None
         if pooled and all(len(p[idx]) for p in pooled):
@@ -111,14 +109,26 @@ def claim_lpclip(plan: StudyPlan, rows: list[dict]) -> dict[str, Any]:
             boot = paired_bootstrap(s, t, resamples=cfg.claims.bootstrap_resamples, level=level)
         note = (f"paired bootstrap over {boot.n} test images of all seeds: {boot.estimate:+.4f} "
                 f"[{boot.low:+.4f}, {boot.high:+.4f}]" if boot else "")
-        parts.append(_part(f"{student} - zero-shot teacher {metric}",
+        parts.append(_part(f"{variant} {student} - zero-shot teacher {metric}",
                            _paired(rows, {**at, "classifier": student, "metric": metric},
                                    {**at, "classifier": "zeroshot", "metric": metric}, level), note=note))
-    parts.append(_part(f"zero-shot teacher - {student} clean_ece (lower is better)",
+    parts.append(_part(f"zero-shot teacher - {variant} {student} clean_ece (lower is better)",
                        _paired(rows, {**at, "classifier": "zeroshot", "metric": "clean_ece"},
                                {**at, "classifier": student, "metric": "clean_ece"}, level)))
-    return {"id": 2, "title": "LP-CLIP, with no label, beats its zero-shot teacher (clean, corrupted, ECE)",
-            "parts": parts, "verdict": _overall(parts)}
+    return parts
+
+
+def claim_lpclip(plan: StudyPlan, rows: list[dict]) -> dict[str, Any]:
+    title = "LP-CLIP, with no label, beats its zero-shot teacher (clean, corrupted, ECE)"
+    variants = [v for v in plan.cfg.probe_variants if cells_of(plan.cells, "probe", variant=v)]
+    if not variants:
+        return {"id": 2, "title": title, "verdict": "not run",
+                "parts": [_part("LP-CLIP against its teacher", None, note="part `probe` not in the design's parts")]}
+    parts = lpclip_parts(plan, rows, variants[0])
+    secondary = [{**p, "verdict": f"({p['verdict']})", "note": ("secondary variant, not deciding. " + p.get("note", "")).strip()}
+                 for v in variants[1:] for p in lpclip_parts(plan, rows, v)]
+    return {"id": 2, "title": f"{title}; decided by variant `{variants[0]}`", "parts": parts + secondary,
+            "verdict": _overall(parts)}
 
 
 def _ood(rows: list[dict], classifier: str) -> dict[int, float]:

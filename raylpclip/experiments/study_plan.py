@@ -3,8 +3,9 @@ evaluation run of the design, each with its typed config checked through `load_c
 last cell fails before the first one trains), where it writes, and which cells it reads from.
 
 Layout under `<output_dir>/<name>/`: data/ (the world's splits, runtime/tune/study_world.py),
-pretrain/<method>-f<size>-s<seed>, headroom/<method>-s<seed>, probe/s<seed>, finetune/<ft|carft>-s<seed>,
-eval/<probe|finetune>-s<seed>-<split>, then report.md, results.csv, claims.json and the plots.
+pretrain/<method>-f<size>-s<seed>, headroom/<method>-s<seed>, probe/<variant>-s<seed>,
+finetune/<ft|carft>-s<seed>, eval/<probe-<variant>|finetune>-s<seed>-<split>, then report.md, results.csv,
+claims.json and the plots.
 """
 
 from __future__ import annotations
@@ -106,12 +107,15 @@ def plan_study(cfg: StudyConfig, *, design_file: str | None = None) -> StudyPlan
                                 cfg.headroom_train_samples, list(cfg.zeroshot_templates), [])
             cells.append(Cell(f"headroom/{spec.name}", "headroom", spec, [source.id], {"method": method, "seed": seed}))
         model = models[cfg.downstream_model]
-        probe = load_config(ProbeConfig, [cfg.probe], {
-            **_common(cfg, study, f"s{seed}", "probe"), "model": str(model.config.run_dir),
-            "data.train": str(study / "data" / "downstream"), "data.eval": str(study / "data" / "test-id"),
-            "eval.templates": list(cfg.zeroshot_templates), "evaluate": False,
-            "inference": to_dict(cfg.inference), "lpclip.seed": seed}, where="probe.")
-        cells.append(Cell(f"probe/s{seed}", "probe", probe, [model.id], {"seed": seed}))
+        probes = []
+        for variant, keys in cfg.probe_variants.items():
+            probe = load_config(ProbeConfig, [cfg.probe, keys or {}], {
+                **_common(cfg, study, f"{variant}-s{seed}", "probe"), "model": str(model.config.run_dir),
+                "data.train": str(study / "data" / "downstream"), "data.eval": str(study / "data" / "test-id"),
+                "eval.templates": list(cfg.zeroshot_templates), "evaluate": False,
+                "inference": to_dict(cfg.inference), "lpclip.seed": seed}, where=f"probe ({variant}).")
+            probes.append(Cell(f"probe/{probe.name}", "probe", probe, [model.id], {"seed": seed, "variant": variant}))
+        cells += probes
         tuned = []
         for method in FINETUNE_METHODS:
             ft = load_config(FinetuneConfig, [cfg.finetune], {
@@ -122,14 +126,16 @@ def plan_study(cfg: StudyConfig, *, design_file: str | None = None) -> StudyPlan
             tuned.append(Cell(f"finetune/{ft.name}", "finetune", ft, [model.id], {"method": method, "seed": seed}))
         cells += tuned
         for split in EVAL_SPLITS:
-            cells.append(_eval(cfg, study, f"probe-s{seed}-{split}", split, _probe_classifiers(probe),
-                               [f"probe/s{seed}"], seed))
+            for probe in probes:
+                variant = probe.tags["variant"]
+                cells.append(_eval(cfg, study, f"probe-{variant}-s{seed}-{split}", split,
+                                   _probe_classifiers(probe.config), [probe.id], seed, group=f"probe-{variant}"))
             cells.append(_eval(cfg, study, f"finetune-s{seed}-{split}", split, _finetune_classifiers(cfg, tuned),
-                               [c.id for c in tuned], seed))
+                               [c.id for c in tuned], seed, group="finetune"))
     # Parts left out: their cells (and the evaluations of their classifiers) are not run. Pretraining is
     # planned regardless, since every other part starts from it.
     parts = set(cfg.parts) | {"pretrain"}
-    cells = [c for c in cells if (c.tags.get("group") or c.kind) in parts]
+    cells = [c for c in cells if (c.tags.get("group") or c.kind).split("-")[0] in parts]
     return StudyPlan(cfg, study, design_file, design_hash(cfg), cells)
 
 
@@ -153,7 +159,7 @@ def _finetune_classifiers(cfg: StudyConfig, tuned: list[Cell]) -> list[str]:
 
 
 def _eval(cfg: StudyConfig, study: Path, name: str, split: str, classifiers: list[str], needs: list[str],
-          seed: int) -> Cell:
+          seed: int, *, group: str) -> Cell:
     robustness = to_dict(cfg.robustness)
     if split != "test-clean":  # contexts are the shift there: clean views only
         robustness["corruptions"] = []
@@ -161,7 +167,6 @@ def _eval(cfg: StudyConfig, study: Path, name: str, split: str, classifiers: lis
         **_common(cfg, study, name, "eval"), "classifiers": classifiers, "data.eval": str(study / "data" / split),
         "eval.templates": list(cfg.zeroshot_templates), "robustness": robustness,
         "inference": to_dict(cfg.inference), "save_predictions": True}, where=f"eval ({split}).")
-    group = name.split("-s")[0]
     return Cell(f"eval/{name}", "eval", run, needs, {"group": group, "split": split, "seed": seed})
 
 

@@ -66,17 +66,18 @@ def _bars(ax, names: list[str], groups: list[tuple[str, str, str]], table: Seque
     ax.legend(fontsize=8)
 
 
-def plot_lpclip(table: Sequence[dict], path: Path) -> Path | None:
-    names = list(dict.fromkeys(r["classifier"] for r in _rows(table, kind="eval", group="probe")))
+def plot_lpclip(table: Sequence[dict], path: Path, *, group: str) -> Path | None:
+    """The classifiers of one LP-CLIP variant's evaluations (`group`: "probe-<variant>")."""
+    names = list(dict.fromkeys(r["classifier"] for r in _rows(table, kind="eval", group=group)))
     if not names:
         return None
     fig = Figure(figsize=(7.5, 4.2), dpi=120, layout="constrained")
     FigureCanvasAgg(fig)
     acc, ece = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2, 1]})
     _bars(acc, names, [("clean acc1", "test-clean", "clean_acc1"), ("corrupted acc1", "test-clean", "corrupted_acc1"),
-                       ("held-out contexts acc1", "test-ood", "clean_acc1")], table, "probe")
+                       ("held-out contexts acc1", "test-ood", "clean_acc1")], table, group)
     acc.set_title("LP-CLIP: accuracy (interval over seeds)")
-    _bars(ece, names, [("clean ECE", "test-clean", "clean_ece")], table, "probe")
+    _bars(ece, names, [("clean ECE", "test-clean", "clean_ece")], table, group)
     ece.set_title("calibration (lower is better)")
     return _save(fig, path)
 

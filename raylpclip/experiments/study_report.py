@@ -123,13 +123,16 @@ def write_report(plan: StudyPlan, rows: list[dict], claims: list[dict], status: 
     write_rows(rows, out / "results.csv")
     write_rows(table, out / "table.csv", [*AGGREGATE_KEYS, "seeds", "mean", "low", "high"])
     (out / "claims.json").write_text(json.dumps(claims, indent=2))
-    plots = [plot_scaling(table, plan, out / "scaling.png"), plot_lpclip(table, out / "lpclip.png"),
+    primary = f"probe-{next(iter(plan.cfg.probe_variants))}"
+    plots = [plot_scaling(table, plan, out / "scaling.png"), plot_lpclip(table, out / "lpclip.png", group=primary),
              plot_finetune(table, out / "finetune.png")]
     lines = _design_lines(plan, status) + _claim_lines(claims) + _headroom_lines(table, plan) + _pretrain_lines(table, plan)
-    lines += _classifier_lines(table, "probe", "## LP-CLIP (claim 2): clean test set and its corrupted views", [
-        ("clean acc1", "test-clean", "clean_acc1"), ("corrupted acc1", "test-clean", "corrupted_acc1"),
-        ("clean ECE", "test-clean", "clean_ece"), ("ID acc1", "test-id", "clean_acc1"),
-        ("held-out contexts acc1", "test-ood", "clean_acc1")])
+    for variant in plan.cfg.probe_variants:
+        lines += _classifier_lines(table, f"probe-{variant}", f"## LP-CLIP `{variant}` (claim 2): clean test set and "
+                                   "its corrupted views, ID and held-out contexts", [
+            ("clean acc1", "test-clean", "clean_acc1"), ("corrupted acc1", "test-clean", "corrupted_acc1"),
+            ("clean ECE", "test-clean", "clean_ece"), ("ID acc1", "test-id", "clean_acc1"),
+            ("held-out contexts acc1", "test-ood", "clean_acc1")])
     lines += _classifier_lines(table, "finetune", "## Fine-tuning (claim 3): ID and OOD", [
         ("ID acc1", "test-id", "clean_acc1"), ("held-out contexts acc1", "test-ood", "clean_acc1"),
         ("corrupted acc1", "test-clean", "corrupted_acc1"), ("clean acc1", "test-clean", "clean_acc1"),

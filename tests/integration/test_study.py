@@ -83,6 +83,6 @@ def test_every_part_of_a_reduced_study(tmp_path, capsys):
         assert all("low" in p for p in claim["parts"]), claim
     study = tmp_path / "full"
     assert {p.name for p in study.glob("*.png")} == {"scaling.png", "lpclip.png", "finetune.png"}
-    assert (study / "eval" / "probe-s1-test-clean" / "predictions.npz").is_file()
+    assert (study / "eval" / "probe-lpclip-s1-test-clean" / "predictions.npz").is_file()
     again, _ = _run(design, capsys)
     assert again["cells_run"] == 0

@@ -33,7 +33,7 @@ def test_the_plan_has_every_cell_and_checks_their_configs(tmp_path):
     assert psd.config.psd.a_max == 0.5 and psd.config.train.seed == 1 and psd.config.data.shuffle_seed == 1
     assert psd.config.eval.retrieval and psd.config.train.steps == 10
     assert cells_of(plan.cells, "pretrain", method="clip", size=0.5, seed=0)[0].config.psd.a_max == 0.0
-    probe = plan.cell("probe/s1")
+    probe = plan.cell("probe/lpclip-s1")
     assert probe.needs == [psd.id] and probe.config.model == str(psd.config.run_dir)
     evals = cells_of(plan.cells, "eval", group="finetune", seed=2, split="test-ood")[0]
     assert set(evals.needs) == {"finetune/ft-s2", "finetune/carft-s2"} and not evals.config.robustness.corruptions
@@ -58,7 +58,7 @@ def _fake_results(plan, *, psd_gain: float, lpclip_gain: float, carft_ood: float
             summary = {"clean_zeroshot_acc1": 0.5, "clean_supervised_probe_acc1": 0.6 + noise,
                        "clean_margin": 0.1 + noise, "context_cosine": {"mean": 0.5, "min": 0.2, "max": 0.8}}
         elif cell.kind == "eval":
-            shift = {"probe": {"lpclip-r2": lpclip_gain}, "finetune": {"carft": carft_ood}}[cell.tags["group"]]
+            shift = {"probe-lpclip": {"lpclip-r2": lpclip_gain}, "finetune": {"carft": carft_ood}}[cell.tags["group"]]
             if cell.tags["split"] == "test-id" and cell.tags["group"] == "finetune":
                 shift = {"carft": carft_id}
             table = {name.split("=")[0]: {"clean_acc1": 0.6 + shift.get(name.split("=")[0], 0.0) + noise,
@@ -66,7 +66,7 @@ def _fake_results(plan, *, psd_gain: float, lpclip_gain: float, carft_ood: float
                                          "clean_ece": 0.1 - shift.get(name.split("=")[0], 0.0) + noise}
                      for name in cell.config.classifiers}
             summary = {"table": table}
-            if cell.tags["group"] == "probe" and cell.tags["split"] == "test-clean":
+            if cell.tags["group"] == "probe-lpclip" and cell.tags["split"] == "test-clean":
                 labels = rng.integers(0, 5, 400).astype(np.int16)
                 preds = {}
                 for name, p_right in (("zeroshot", 0.6), ("lpclip-r2", 0.6 + lpclip_gain)):
@@ -91,7 +91,7 @@ def test_claims_follow_the_numbers_and_the_report_says_so(tmp_path):
     assert claims[3]["verdict"] == "holds", claims[3]
     outputs = write_report(plan, rows, list(claims.values()), design_status(plan, had_results=False))
     report = (tmp_path / "s" / "report.md").read_text()
-    for heading in ("## Claims", "### Claim 1", "## Headroom", "## Pretraining (claim 1)", "## LP-CLIP (claim 2)",
+    for heading in ("## Claims", "### Claim 1", "## Headroom", "## Pretraining (claim 1)", "## LP-CLIP `lpclip` (claim 2)",
                     "## Fine-tuning (claim 3)"):
         assert heading in report
     assert {p.split("/")[-1] for p in outputs["plots"]} == {"scaling.png", "lpclip.png", "finetune.png"}
@@ -108,3 +108,12 @@ def test_a_method_that_does_not_help_fails_and_a_changed_design_is_flagged(tmp_p
     changed = _plan(tmp_path, "world.mention_p=0.5")
     status = design_status(changed, had_results=True)
     assert status["changed"] and "changed after results existed" in status["text"]
+
+
+def test_every_probe_variant_is_a_run_of_its_own_and_only_the_first_decides(tmp_path):
+    plan = _plan(tmp_path, "probe_variants={hard: {lpclip: {labels: hard}}, soft: {lpclip: {labels: soft}}}")
+    assert [c.config.lpclip.labels for c in cells_of(plan.cells, "probe", seed=0)] == ["hard", "soft"]
+    assert {c.tags["group"] for c in cells_of(plan.cells, "eval", seed=0)} == {"probe-hard", "probe-soft", "finetune"}
+    claim = decide(plan, [])[1]
+    assert "decided by variant `hard`" in claim["title"]
+    assert [p["verdict"] for p in claim["parts"]] == ["not run"] * 3 + ["(not run)"] * 3
