@@ -10,7 +10,7 @@ import socket
 import ray
 
 from raylpclip.config import RayConfig
-from raylpclip.runtime.cluster import idle_scheduler
+from raylpclip.runtime.cluster import console, idle_scheduler
 
 log = logging.getLogger(__name__)
 START_ATTEMPTS = 3
@@ -28,16 +28,17 @@ def ensure_ray(cfg: RayConfig) -> None:
     # ~/.ray/auth_token. Setting RAY_AUTH_MODE here would come too late: `import ray` has already read
     # it, and a client and GCS that disagree about auth cannot talk.
     address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    console.quiet_driver()
     if address:
         with loopback_node():  # a 127.0.0.1 address stays loopback (the instance listens there only)
-            ray.init(address=address, log_to_driver=True, runtime_env=JOB_RUNTIME_ENV)
-        idle_scheduler.install()
+            context = ray.init(address=address, log_to_driver=True, runtime_env=JOB_RUNTIME_ENV)
+        _started(context)
         return
     for attempt in range(1, START_ATTEMPTS + 1):
         before = _children()
         try:
             with loopback_node(), _env(RAY_preallocate_plasma_memory="1" if cfg.preallocate_object_store else None):
-                ray.init(
+                context = ray.init(
                     # "local": always a new instance. Without it ray.init joins whatever instance
                     # /tmp/ray/ray_current_cluster names, which a crashed test cluster leaves behind.
                     address="local",
@@ -59,6 +60,15 @@ def ensure_ray(cfg: RayConfig) -> None:
             ray.shutdown()
             _stop_started_since(before)  # the failed attempt's GCS, raylet, dashboard: no one owns them now
             log.warning("local Ray did not start in time (attempt %d of %d); starting again", attempt, START_ATTEMPTS)
+    _started(context)
+
+
+def _started(context) -> None:
+    """What every driver does once Ray is up: the console filter and its one line, Ray Data's settings,
+    the paced scheduling loop."""
+    console.install_filter()
+    url = getattr(context, "dashboard_url", None)
+    print(console.session_line(f"http://{url}" if url and "://" not in url else url), flush=True)
     idle_scheduler.install()
     quiet_ray_data()
 

@@ -9,7 +9,6 @@ no Ray (only runtime/ may), and the plain loop it runs as a task is Ray-free (be
 
 from __future__ import annotations
 
-import warnings
 from typing import Any, Callable
 
 import ray
@@ -18,6 +17,7 @@ import ray.train
 from raylpclip.config import PretrainConfig
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.runtime.data.decode_pool import train_source
+from raylpclip.runtime.train.trainer_factory import ingest_options
 
 
 def premade_batch_ref(cfg: PretrainConfig, *, tokenizer, micro: int, count: int) -> ray.ObjectRef:
@@ -45,10 +45,4 @@ def data_options(budget: int):
     """Ray Data ExecutionOptions for the bench's Train datasets: Train's defaults with an object-store
     budget of `budget` bytes (None, Train's defaults, for 0). Train resolves its default options in its
     own controller process, so a budget set in this process's DataContext would not reach the datasets."""
-    if not budget:
-        return None
-    with warnings.catch_warnings():  # Ray's own default options still carry a deprecated field
-        warnings.simplefilter("ignore")
-        options = ray.train.DataConfig.default_ingest_options()
-        options.resource_limits = options.resource_limits.copy(object_store_memory=budget)
-    return options
+    return ingest_options(budget) if budget else None

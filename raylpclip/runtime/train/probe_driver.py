@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import ray
 import torch
 from safetensors.torch import load_file
@@ -83,12 +84,26 @@ def extract_features(cfg: ProbeConfig, head: LinearProbe, counter) -> Path:
     ds = encode(ds, encoder=cfg.model, cfg=cfg.inference, heads=[head])
     keep = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, LOGITS_PREFIX + WEAK, batch_schema.LABEL, batch_schema.IMAGE_ID,
             batch_schema.KEY]
-    ds.select_columns(keep).write_parquet(str(out.resolve()))
-    rows = ray.data.read_parquet(str(out.resolve())).count()
+    rows = _write_parts(ds.select_columns(keep), out)
     marker.write_text(json.dumps({"rows": rows, "inputs": _feature_inputs(cfg)}))
     print(f"[raylpclip] features of {rows} training images written to {out} in {time.perf_counter() - start:.0f}s",
           flush=True)
     return out
+
+
+def _write_parts(ds, out: Path, *, every_s: float = 30.0) -> int:
+    """Stream the encoded rows into parquet parts under `out` (Ray Data's own write says nothing until it
+    is done; this says how far it got every `every_s` seconds). Returns the row count."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows, start, last = 0, time.perf_counter(), 0.0
+    for i, table in enumerate(ds.iter_batches(batch_size=4096, batch_format="pyarrow")):
+        pq.write_table(table, out / f"part-{i:05d}.parquet")
+        rows += table.num_rows
+        elapsed = time.perf_counter() - start
+        if elapsed - last >= every_s:
+            print(f"[raylpclip] features: {rows} training images encoded, {rows / elapsed:.0f} images/s", flush=True)
+            last = elapsed
+    return rows
 
 
 def _labels_and_teacher(features: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -116,8 +116,23 @@ def make_trainer(worker: Callable[..., None], args: Any, *, name: str, storage: 
         ),
         datasets=datasets,
         # The eval set goes whole to every worker (rank 0 evaluates); only training data is split.
-        dataset_config=ray.train.DataConfig(datasets_to_split=train_names, execution_options=data_options),
+        dataset_config=ray.train.DataConfig(datasets_to_split=train_names,
+                                            execution_options=data_options or ingest_options()),
     )
+
+
+def ingest_options(object_store_bytes: int = 0):
+    """Ray Data ExecutionOptions for a Train run's datasets: what Ray Train's default_ingest_options()
+    takes from the DataContext, without the deprecated `exclude_resources` it still passes (Ray warns
+    about it in every run's dataset manager); `object_store_bytes` > 0 caps the object store budget."""
+    from ray.data import DataContext, ExecutionOptions
+
+    current = DataContext.get_current().execution_options
+    limits = current.resource_limits
+    if object_store_bytes:
+        limits = limits.copy(object_store_memory=object_store_bytes)
+    return ExecutionOptions(resource_limits=limits, preserve_order=current.preserve_order,
+                            verbose_progress=current.verbose_progress)
 
 
 def _data_error_line(exc: BaseException) -> tuple[type, str] | None:
