@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from raylpclip.config import ConfigError
+from raylpclip.runtime.cluster.console import VERBOSE_ENV
 
-USAGE = "raylpclip COMMAND [CONFIG.yaml] [key=value ...]"
+USAGE = "raylpclip [--verbose] COMMAND [CONFIG.yaml] [key=value ...]"
 
 # command -> "module:function"; the function takes the command's arguments and returns summary.json's path.
 COMMANDS: dict[str, str] = {
@@ -22,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "demo": "raylpclip.commands.demo:cmd_demo",
     "eval": "raylpclip.commands.evaluate:cmd_eval",
     "finetune": "raylpclip.commands.finetune:cmd_finetune",
+    "plot": "raylpclip.commands.plot:cmd_plot",
     "pretrain": "raylpclip.commands.pretrain:cmd_pretrain",
     "probe": "raylpclip.commands.probe:cmd_probe",
     "scaling": "raylpclip.commands.scaling:cmd_scaling",
@@ -35,9 +38,13 @@ COMMANDS: dict[str, str] = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="raylpclip", usage=USAGE, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="show Ray's own output too (worker start-up, Ray Data, core-worker logs)")
     parser.add_argument("command", choices=sorted(COMMANDS))
     parser.add_argument("args", nargs=argparse.REMAINDER, help="[CONFIG.yaml] [key=value ...]")
     ns = parser.parse_args(argv)
+    if ns.verbose:  # through the environment, so that Ray workers and Tune trials see it too
+        os.environ[VERBOSE_ENV] = "1"
     module, function = COMMANDS[ns.command].split(":")
     try:
         summary_path = getattr(importlib.import_module(module), function)(ns.args)

@@ -1,7 +1,7 @@
 """`bench ingest`'s standard PyTorch route: a `torch.utils.data.DataLoader` with one worker process per
 CPU; each worker reads its share of the tar files with `tarfile` and turns batches of rows into tensors
-with the very same `BatchDecoder` the Ray actors run, so the two produce identical columns and differ
-only in how rows travel."""
+with the very same `BatchDecoder` the Ray actors run (its arguments, `data.jpeg_draft` among them, from
+`ingest_inputs.decoder_kwargs`), so the two produce identical columns and differ only in how rows travel."""
 
 from __future__ import annotations
 

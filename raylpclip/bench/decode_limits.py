@@ -19,18 +19,20 @@ from raylpclip.bench.rate_meter import Meter, Rate
 from raylpclip.bench.tar_rows import rows_to_batch
 from raylpclip.config import DataConfig
 from raylpclip.data.decode import BatchDecoder
-from raylpclip.data.transforms import decode_image, train_transform
+from raylpclip.data.transforms import decode_image, train_draft_side, train_transform
 
 
 def decode_limit(images: Sequence[bytes], data: DataConfig, *, warmup: int = 32) -> Rate:
     """Decode + random-resized-crop/resize of each image in a plain loop on this one core: what
-    `BatchDecoder` does per image, with no reading, tokenizing or batching around it. The bytes are
-    in memory already; the first `warmup` images warm caches and are not timed."""
+    `BatchDecoder` does per image (in JPEG draft too with `data.jpeg_draft`, or the limit would be
+    another decode's), with no reading, tokenizing or batching around it. The bytes are in memory
+    already; the first `warmup` images warm caches and are not timed."""
     rng = np.random.default_rng(data.shuffle_seed)
     scale = (data.aug_scale_min, 1.0)
+    draft = train_draft_side(data.image_size, scale=scale) if data.jpeg_draft else None
     meter = Meter(warmup=min(warmup, len(images) - 1), last=len(images))
     for jpg in images:
-        train_transform(decode_image(jpg), size=data.image_size, rng=rng, scale=scale)
+        train_transform(decode_image(jpg, draft=draft), size=data.image_size, rng=rng, scale=scale)
         meter.add(1)
     return meter.rate()
 

@@ -68,10 +68,12 @@ def run_ingest(cfg: IngestBenchConfig) -> dict[str, Any]:
     # A local instance runs below this process, where TreeCpu counts; a joined cluster's CPUs do not.
     local_ray = not (cfg.ray.address or os.environ.get("RAY_ADDRESS"))
     ensure_ray(cfg.ray)
-    rounds: dict[str, list[Rate]] = {name: [] for name in ROUTES}
+    rounds: dict[str, list[Rate]] = {name: [] for name in ROUTES if name != "full_decode_limit" or cfg.data.jpeg_draft}
     for round_ in range(cfg.rounds):
         # Interleaved, so that a burst of someone else's work does not land on one route only.
         rounds["decode_limit"].append(decode_limit(images, cfg.data))
+        if "full_decode_limit" in rounds:  # what JPEG draft decoding saves, measured in the same run
+            rounds["full_decode_limit"].append(decode_limit(images, dataclasses.replace(cfg.data, jpeg_draft=False)))
         rounds["batch_decoder_limit"].append(batch_decoder_limit(rows, cfg.data, tokenizer))
         with TreeCpu() as cpu:
             loader = dataloader_rate(files, data=cfg.data, tokenizer=tokenizer, batch_size=cfg.batch_size,

@@ -16,7 +16,9 @@ class SyntheticShardsConfig:
     # ~8 s of timed steady flow per route at 64 px, after the warm-up and the untimed tail.
     samples: int = 80000
     samples_per_shard: int = 2500
-    image_size: int = 64  # side of the stored JPEGs; `data.image_size` is what the routes resize to
+    # Side of the stored JPEGs; `data.image_size` is what the routes resize to. Web images are several
+    # times the training size (512: where `data.jpeg_draft` decodes at 1/4 or 1/8 scale for 64 px).
+    image_size: int = 64
     seed: int = 0
 
 
@@ -46,7 +48,7 @@ def check(cfg: IngestBenchConfig) -> None:
     if cfg.cpus < 0 or cfg.cpus > usable_cpus():
         raise ConfigError(f"config key 'cpus': got {cfg.cpus}, expected 0 (all) to {usable_cpus()} (usable cores here)")
     counts = {"batch_size": cfg.batch_size, "warmup_batches": cfg.warmup_batches, "rounds": cfg.rounds,
-              "reference_samples": cfg.reference_samples,
+              "reference_samples": cfg.reference_samples, "synthetic.image_size": cfg.synthetic.image_size,
               "synthetic.samples": cfg.synthetic.samples, "synthetic.samples_per_shard": cfg.synthetic.samples_per_shard}
     for key, value in counts.items():
         if value < 1:

@@ -57,4 +57,4 @@ def bench_tokenizer(cfg: IngestBenchConfig, files: Sequence[str]):
 def decoder_kwargs(data: DataConfig, tokenizer) -> dict[str, Any]:
     """BatchDecoder's arguments for training batches, exactly as `runtime/data/decode_pool.decoded` passes them."""
     return dict(tokenizer=tokenizer, image_size=data.image_size, context_length=data.context_length, train=True,
-                aug_scale_min=data.aug_scale_min, seed=data.shuffle_seed)
+                aug_scale_min=data.aug_scale_min, seed=data.shuffle_seed, jpeg_draft=data.jpeg_draft)

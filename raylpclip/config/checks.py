@@ -54,6 +54,7 @@ def _check_data(d: DataConfig, key: str) -> None:
     require(0 <= d.decode_nice <= 19, f"{key}.decode_nice", "expected 0 to 19 (a niceness increment)")
     require(d.shuffle_buffer >= 0, f"{key}.shuffle_buffer", "expected >= 0")
     require(d.fail_after_bad > 0, f"{key}.fail_after_bad", "expected > 0")
+    require(isinstance(d.jpeg_draft, bool), f"{key}.jpeg_draft", f"got {d.jpeg_draft!r}, expected true or false")
     require(not (d.train and d.sources), f"{key}.sources", "give either data.train or data.sources, not both")
     for i, src in enumerate(d.sources):
         require(bool(src.path), f"{key}.sources.{i}.path", "required: a shard directory, glob, brace range or s3:// URL")

@@ -57,6 +57,9 @@ class DataConfig:
     # slowed data-bound runs (the test suite's demo run: 95 s -> 103-115 s), where niced decoders lose the
     # cores to every other process.
     decode_nice: int = 0
+    # JPEGs larger than the crop and resize need are decoded at 1/2, 1/4 or 1/8 scale by libjpeg
+    # (data/transforms.decode_image); false: every pixel is decoded, as before. Pixels differ slightly.
+    jpeg_draft: bool = True
     eval_max_samples: int = 2000
     fail_after_bad: int = 1000  # a decode actor that has seen this many samples and none usable stops the run
     s3: S3Config = field(default_factory=S3Config)

@@ -4,8 +4,9 @@ Two row shapes arrive, both img2dataset layouts:
 - webdataset read with `decoder=None`: `__key__`, `jpg` (bytes), `txt` (bytes), `json` (bytes)
 - parquet: `key`, `jpg` (bytes), `txt` (str), metadata columns such as `label`
 
-A bad sample (undecodable image, missing/empty caption) is dropped and counted by reason; the rest of
-the batch goes on.
+A bad sample (undecodable image, missing/empty caption) is dropped and counted by reason, with its
+identity (`skip_id` of its shard and key) so that a run's counter can tell a sample read again in the
+next epoch from a new one; the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import numpy as np
 
 from raylpclip import batch_schema
 from raylpclip.data.tokenization import tokenize
-from raylpclip.data.transforms import decode_image, eval_transform, train_transform
+from raylpclip.data.transforms import decode_image, eval_transform, train_draft_side, train_transform
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 TEXT_KEYS = ("txt", "text", "caption")
@@ -71,6 +72,11 @@ def stable_id(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
+def skip_id(shard: str, key: str) -> int:
+    """A skipped sample's identity (a bad shard's with key ""): the same in every epoch and process."""
+    return stable_id(f"{shard}\0{key}")
+
+
 def _image_id(meta: dict[str, Any], key: str) -> int:
     """Rows of the same image (a captions CSV gives several) share `image_id`; otherwise each row is its own."""
     image_id = meta.get("image_id")
@@ -80,6 +86,19 @@ def _image_id(meta: dict[str, Any], key: str) -> int:
 def _keys(batch: dict[str, Any], n: int) -> list[str]:
     col = batch.get("__key__", batch.get("key"))
     return [str(k) for k in col] if col is not None else [str(i) for i in range(n)]
+
+
+def _skip_names(batch: dict[str, Any], keys: list[str]) -> list[tuple[str, str] | None]:
+    """Each row's (shard, key) for `skip_id`: its sample key, else its position; None where the batch has
+    neither (a skip there is counted, but cannot be told from the same row read again)."""
+    n = len(keys)
+    col = batch.get("__url__", batch.get("path"))
+    shards = [str(p) for p in col] if col is not None else [""] * n
+    if "__key__" in batch or "key" in batch:
+        return list(zip(shards, keys))
+    if batch_schema.POSITION in batch:
+        return [(shard, f"@{p}") for shard, p in zip(shards, batch[batch_schema.POSITION])]
+    return [None] * n
 
 
 def describe_columns(batch: dict[str, Any]) -> str:
@@ -107,11 +126,17 @@ class BatchDecoder:
         tokenizer: a HF tokenizer (fast tokenizers pickle, so each Ray actor gets its own copy).
         train: random-resized-crop augmentation when True, CLIP's resize + center crop otherwise.
         with_keys: also emit the sample key (not for `iter_torch_batches`, which needs tensors only).
+        jpeg_draft: decode JPEGs larger than needed at 1/2, 1/4 or 1/8 scale (transforms.decode_image),
+            never below what the crop and resize need (`data.jpeg_draft`).
+
+    `skipped` counts every skip by reason; `skipped_ids` holds each one's `skip_id` by reason (those
+    whose row has a key or position) until a caller takes them (`take_skipped_ids`), so that a counter
+    can count distinct samples across epochs.
     """
 
     def __init__(self, *, tokenizer, image_size: int, context_length: int, train: bool,
                  aug_scale_min: float = 0.9, seed: int = 0, with_keys: bool = False,
-                 fail_after_bad: int | None = None):
+                 fail_after_bad: int | None = None, jpeg_draft: bool = False):
         self.tokenizer = tokenizer
         self.image_size = image_size
         self.context_length = context_length
@@ -120,8 +145,16 @@ class BatchDecoder:
         self.rng = np.random.default_rng(seed)
         self.with_keys = with_keys
         self.skipped: Counter[str] = Counter()
+        self.skipped_ids: dict[str, list[int]] = {}
         self.fail_after_bad = fail_after_bad
         self.seen = self.kept = 0
+        # The side a JPEG keeps when decoded in draft: what every crop box (train) or the short side (eval) needs.
+        if not jpeg_draft:
+            self.draft = None
+        elif train:
+            self.draft = train_draft_side(image_size, scale=self.scale)
+        else:
+            self.draft = image_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         image_col = _first_present(batch, IMAGE_KEYS)
@@ -134,6 +167,7 @@ class BatchDecoder:
             )
         n = len(batch[image_col])
         keys = _keys(batch, n)
+        names = _skip_names(batch, keys)
         # Each image is written straight into its row of the batch's array (a skipped one's row is
         # reused): at 224 px, ~120 us a sample less than stacking separate arrays (transforms._to_chw).
         images = np.empty((n, 3, self.image_size, self.image_size), np.uint8)
@@ -141,11 +175,8 @@ class BatchDecoder:
         for i in range(n):
             image = self._image(batch[image_col][i], out=images[len(kept)])
             text = _as_text(batch[text_col][i])
-            if image is None:
-                self.skipped["bad_image"] += 1
-                continue
-            if not text:
-                self.skipped["no_caption"] += 1
+            if image is None or not text:
+                self._skip("bad_image" if image is None else "no_caption", names[i])
                 continue
             texts.append(text)
             meta = _row_meta(batch, i)
@@ -159,6 +190,16 @@ class BatchDecoder:
             out[batch_schema.POSITION] = np.asarray(batch[batch_schema.POSITION], dtype=np.int64)[kept_rows]
         return out
 
+    def _skip(self, reason: str, name: tuple[str, str] | None) -> None:
+        self.skipped[reason] += 1
+        if name is not None:
+            self.skipped_ids.setdefault(reason, []).append(skip_id(*name))
+
+    def take_skipped_ids(self) -> dict[str, list[int]]:
+        """The identities of the skips since the last call, by reason."""
+        taken, self.skipped_ids = self.skipped_ids, {}
+        return taken
+
     def _check_usable(self, seen: int, kept: int, batch: dict[str, Any]) -> None:
         """Stop within one batch or so when nothing decodes, instead of streaming an epoch of garbage."""
         self.seen += seen
@@ -171,7 +212,7 @@ class BatchDecoder:
         if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)) or len(data) == 0:
             return None  # missing member (None/NaN) or empty file
         try:
-            img = decode_image(bytes(data))
+            img = decode_image(bytes(data), draft=self.draft)
         except ValueError:
             return None
         if self.train:

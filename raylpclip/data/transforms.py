@@ -15,10 +15,18 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # same values as raylpclip.mode
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def decode_image(jpg: bytes) -> Image.Image:
-    """Encoded image bytes (JPEG, PNG, ...) -> RGB PIL image. Corrupt or truncated bytes raise ValueError."""
+def decode_image(jpg: bytes, *, draft: int | None = None) -> Image.Image:
+    """Encoded image bytes (JPEG, PNG, ...) -> RGB PIL image. Corrupt or truncated bytes raise ValueError.
+
+    `draft`: the side in pixels that both dimensions must keep. A JPEG at least twice that is decoded by
+    libjpeg at 1/2, 1/4 or 1/8 scale (the smallest that keeps `draft`), in its DCT, at a fraction of the
+    full decode's cost: web images are several times the training size, and decoding every pixel of
+    them only for the resize to throw most away was most of a decode actor's time. Other formats, and
+    None, decode whole."""
     try:
         with Image.open(io.BytesIO(jpg)) as img:
+            if draft:
+                img.draft("RGB", (draft, draft))  # a no-op for anything but JPEG
             img.load()  # decode now, so truncated data fails here rather than later
             return img.convert("RGB")
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
@@ -90,6 +98,16 @@ def _random_resized_box(
         w, h = width, height
     left, top = (width - w) // 2, (height - h) // 2
     return left, top, left + w, top + h
+
+
+def train_draft_side(size: int, *, scale: tuple[float, float] = (0.9, 1.0),
+                     ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> int:
+    """The `decode_image(draft=...)` side for `train_transform`: the smallest image side whose every box
+    the crop may draw still holds `size` pixels across, so that the resize after a draft decode only ever
+    shrinks, as it does after a full one. A box's shorter side is at least sqrt(area fraction * aspect)
+    of the image's shorter side (aspect taken towards the narrow end)."""
+    shrink = math.sqrt(scale[0] * min(ratio[0], 1 / ratio[1]))
+    return math.ceil(size / shrink)
 
 
 def train_transform(

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from raylpclip.config import flatten
+from raylpclip.models.hf_processor import save_processor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -126,11 +127,13 @@ def _with_sdpa(make):
 
 
 def export_clip(model: CLIPModel, out_dir: str, *, tokenizer=None) -> None:
-    """Save `model` (safetensors) and optionally its tokenizer into `out_dir`, loadable by `load_clip`."""
+    """Save `model` (safetensors) into `out_dir`, loadable by `load_clip`; with its tokenizer, also the
+    processor files (models/hf_processor.py), so that CLIPProcessor, AutoProcessor and transformers'
+    zero-shot-image-classification pipeline load the directory too."""
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
-        tokenizer.save_pretrained(out_dir)
+        save_processor(model.config, tokenizer, out_dir)
 
 
 def normalize_images(

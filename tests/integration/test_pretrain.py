@@ -3,18 +3,25 @@ teachers, accumulation and bf16 autocast on CPU."""
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import tarfile
+from pathlib import Path
 
 import pytest
-from transformers import CLIPModel
+from PIL import Image
+from transformers import CLIPModel, pipeline
 
 from raylpclip.commands.demo import DemoConfig, run_demo
 from raylpclip.config import PretrainConfig, load_config
+from raylpclip.experiments.demo_data import split_dirs
 from raylpclip.runtime.train.pretrain_driver import run_pretrain
 
 from .conftest import small_run
 
 pytestmark = pytest.mark.ray
+os.environ["HF_HUB_OFFLINE"] = "1"  # the exported model must load from its directory alone
 
 
 def test_parquet_ema_teacher_accumulation_bf16_retrieval_eval(ray_session, synthetic_shards, tmp_path):
@@ -53,3 +60,50 @@ def test_demo_learns_beyond_chance(ray_session, tmp_path, classnames):
     assert summary["acc1"] >= 2 * summary["chance_acc1"], summary
     assert summary["num_classes"] == len(classnames) == 36
     assert json.loads((tmp_path / "demo" / "summary.json").read_text())["data_dir"] == summary["data_dir"]
+    # The export is a complete Hugging Face model: transformers' own pipeline scores the demo's classes on an
+    # eval image, and the card beside it states the run's data and result.
+    train_dir, eval_dir = split_dirs(Path(summary["data_dir"]))
+    with tarfile.open(min(eval_dir.glob("*.tar"))) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith(".jpg"))
+        image = Image.open(io.BytesIO(tar.extractfile(member).read())).convert("RGB")
+    scores = pipeline("zero-shot-image-classification", model=summary["model_dir"])(
+        image, candidate_labels=classnames, hypothesis_template="a {}.")
+    assert sorted(r["label"] for r in scores) == sorted(classnames)
+    assert sum(r["score"] for r in scores) == pytest.approx(1.0, abs=1e-4)
+    card = (Path(summary["model_dir"]) / "README.md").read_text()
+    assert f"`{train_dir}`" in card and "3,000 image-caption pairs in 3 shards" in card, card
+    assert f"{summary['acc1']:.3f} (chance {summary['chance_acc1']:.3f})" in card, card
+
+
+def test_curves_of_a_run_and_its_resume_in_jsonl_and_tensorboard(ray_session, synthetic_shards, tmp_path,
+                                                                  monkeypatch):
+    """Rank 0's metrics.jsonl and TensorBoard events of a short run hold the same values, and a resume
+    continues them without a repeated step. output_dir is relative, as by default: the workers run in Ray's
+    own working directory, yet write into the driver's run directory."""
+    from raylpclip.engine.metrics_log import read_metrics
+
+    from ..unit.test_metrics_log import assert_same_values, tensorboard_scalars
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "runs" / "curves"
+    run_pretrain(load_config(PretrainConfig, None, small_run(synthetic_shards, "runs", name="curves", steps=10)))
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [5, 10]
+    for key in ("loss", "lr", "psd_alpha", "logit_scale", "samples_per_s", "data_wait_fraction", "epoch",
+                "samples_seen", "train_samples_per_s"):
+        assert all(isinstance(r[key], float | int) for r in rows), key
+    assert "acc1" in rows[1] and "acc1" not in rows[0]  # evaluated at the end only
+    assert_same_values(run_dir)
+    assert (run_dir / "curves.png").is_file()
+    # As if an attempt had logged step 15 and died before checkpointing it: the resume recomputes it.
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 15, "loss": 123.0}) + "\n")
+    summary = run_pretrain(load_config(PretrainConfig, None,
+                                       small_run(synthetic_shards, "runs", name="curves", steps=15)))
+    assert summary["step"] == 15
+    rows = read_metrics(run_dir)
+    assert [r["step"] for r in rows] == [5, 10, 15]
+    assert rows[2]["loss"] != 123.0 and "lr" in rows[2] and "acc1" in rows[2]
+    assert rows[2]["loss"] == pytest.approx(summary["loss"])
+    assert sorted(tensorboard_scalars(run_dir)["loss"]) == [5, 10, 15]
+    assert_same_values(run_dir)

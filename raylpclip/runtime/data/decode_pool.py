@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 from collections import Counter
 
+import numpy as np
+import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 from ray.data import Dataset
+from ray.data.extensions import ArrowTensorArray
 
 from raylpclip.config import DataConfig
 from raylpclip.data.decode import BatchDecoder
@@ -19,8 +22,31 @@ from raylpclip.runtime.data.read_plan import SEPARATE_READS, ReadPlan
 from raylpclip.runtime.data.shard_reader import read_shards
 
 
+def arrow_block(columns: dict[str, np.ndarray]) -> pa.Table:
+    """A decode call's columns as an Arrow block, every column of arrays (images, token ids) Ray's
+    fixed-shape tensor type, even with no rows.
+
+    Why not hand Ray Data the dict: it converts a column of arrays to its tensor type only when the
+    column has a first row to look at (`convert_to_pyarrow_array` in
+    ray/data/_internal/tensor_extensions/arrow.py); a call whose every row was skipped (img2dataset
+    writes its failed downloads as rows with a null image, and a block can hold nothing else) returned a
+    (0, 3, S, S) array, which Arrow cannot take as a plain array, so Ray fell back to pickled Python
+    objects for the column ("Failed to convert column 'image' into pyarrow array ... falling back to
+    serialize as pickled python objects") and the blocks after it were pickled alike."""
+    arrays = {}
+    for name, values in columns.items():
+        if values.ndim > 1:
+            arrays[name] = ArrowTensorArray.from_numpy(values, column_name=name)
+        elif values.dtype == object:  # the sample keys (with_keys): strings, also when there are none
+            arrays[name] = pa.array(values.tolist(), pa.string())
+        else:
+            arrays[name] = pa.array(values)
+    return pa.table(arrays)
+
+
 class CountingDecoder(BatchDecoder):
-    """BatchDecoder that reports its skips to the run's SkipCounter after each batch that had any."""
+    """BatchDecoder that returns Arrow blocks (`arrow_block`) and reports its skips, with their
+    identities, to the run's SkipCounter after each batch that had any."""
 
     def __init__(self, *, counter=None, nice: int = 0, **kwargs):
         super().__init__(**kwargs)
@@ -30,13 +56,14 @@ class CountingDecoder(BatchDecoder):
         self.counter = counter
         self.reported: Counter[str] = Counter()
 
-    def __call__(self, batch):
+    def __call__(self, batch) -> pa.Table:
         try:
-            return super().__call__(batch)
+            return arrow_block(super().__call__(batch))
         finally:
             delta = self.skipped - self.reported
+            ids = self.take_skipped_ids()
             if delta and self.counter is not None:
-                self.counter.add.remote(dict(delta))
+                self.counter.add.remote(dict(delta), ids)
                 self.reported = self.skipped.copy()
 
 
@@ -54,7 +81,7 @@ def decoded(ds: Dataset, *, cfg: DataConfig, tokenizer, train: bool, with_keys: 
             # at every epoch's start (see data/tokenization.py).
             tokenizer=text_encoder(tokenizer), image_size=cfg.image_size, context_length=cfg.context_length,
             train=train, aug_scale_min=cfg.aug_scale_min, seed=cfg.shuffle_seed, with_keys=with_keys,
-            fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice,
+            fail_after_bad=cfg.fail_after_bad, counter=counter, nice=cfg.decode_nice, jpeg_draft=cfg.jpeg_draft,
         ),
         batch_size=None if plan.in_decoders else cfg.decode_rows(),  # a batch_size stops Ray fusing a read in
         num_cpus=cfg.decode_cpus,

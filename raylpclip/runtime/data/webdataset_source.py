@@ -2,7 +2,8 @@
 
 Ray's own `read_webdataset` aborts the whole dataset on a truncated, empty or garbled tar (tarfile
 raises mid-stream) and loses the rows it had gathered from that shard. Here the samples read before
-the damage are kept, the shard is counted as `bad_shard` and logged with its path, and reading goes on.
+the damage are kept, the shard is counted as `bad_shard` (with its path, so that the run's counter
+counts it once however many epochs read it) and logged with its path, and reading goes on.
 Members stay bytes: nothing from a shard is ever unpickled or torch.loaded. Rows are what
 `read_webdataset(decoder=None)` gives: `__key__`, `__url__` and one binary column per extension
 (`jpg`, `txt`, `json`, ...); a sample that lacks a member has null there. Given its source's file list,
@@ -17,10 +18,11 @@ from typing import Iterator
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
+from raylpclip.data.decode import skip_id
 from raylpclip.data.readahead import ReadAhead
 from raylpclip.data.stream_position import RangeSet
 from raylpclip.data.tarstream import group_samples, readable_members
-from raylpclip.runtime.data.row_positions import RowPositions
+from raylpclip.runtime.data.row_positions import RowPositions, path_key
 
 ROWS_PER_BLOCK = 256
 TEXT_COLUMNS = ("__key__", "__url__")
@@ -47,9 +49,9 @@ class WebDatasetShards(RowPositions, FileBasedDatasource):
     def get_name(self) -> str:
         return "ReadWebDataset"
 
-    def _count_bad_shard(self, _exc) -> None:
+    def _count_bad_shard(self, path: str) -> None:
         if self._counter is not None:
-            self._counter.add.remote({"bad_shard": 1})
+            self._counter.add.remote({"bad_shard": 1}, {"bad_shard": [skip_id(path_key(path), "")]})
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
         yield from self._positioned(self._blocks(stream, path), path)
@@ -57,7 +59,7 @@ class WebDatasetShards(RowPositions, FileBasedDatasource):
     def _blocks(self, stream, path: str) -> Iterator[pa.Table]:
         with ReadAhead(stream) if self._read_ahead else contextlib.nullcontext(stream) as source:
             rows = []
-            for sample in group_samples(readable_members(source, path, on_damage=self._count_bad_shard)):
+            for sample in group_samples(readable_members(source, path, on_damage=lambda _exc: self._count_bad_shard(path))):
                 sample["__url__"] = path
                 rows.append(sample)
                 if len(rows) >= self._rows_per_block:

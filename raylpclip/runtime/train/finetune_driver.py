@@ -17,6 +17,7 @@ import torch
 from ray.train.torch import TorchTrainer
 
 from raylpclip.commands.finetune import FinetuneConfig
+from raylpclip.commands.plot import draw_run_curves
 from raylpclip.config import ConfigError, save_config
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shard_files import resolve_shards
@@ -163,7 +164,7 @@ def report(cfg: FinetuneConfig, result, resolved: Resolved, *, theta_0: dict, ze
             for name, m in ident.items()},
         samples_per_s=metrics.get("train_samples_per_s"), wall_s=time.perf_counter() - start,
         run_dir=str(cfg.run_dir.resolve()), checkpoint=checkpoint.path, train_samples=resolved.data.samples,
-        skipped=counters.totals(counter),
+        **counters.report(counter),  # skipped: distinct bad samples by reason; skipped_sightings: reads of them
     )
     for name, m in ident.items():
         summary[f"{name}_acc1"] = m["acc1"]
@@ -195,5 +196,6 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=resolved.tokenizer, num_classes=len(classnames),
                             data=data, counter=counter)
     result = fit(trainer, cfg.name)
+    draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, theta_0=theta_0, zeroshot_dir=zeroshot_dir, counter=counter,
                   start=start_time)

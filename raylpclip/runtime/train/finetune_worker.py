@@ -111,5 +111,5 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
                           meta={"method": cfg.method})
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
              train=cfg.train, optim=cfg.optim, hooks=hooks, device=place.device)
-    if not hooks.reported_final:  # re-run of a finished run: nothing to train, still report the result
-        hooks.report(state, {}, save=False, evaluate=False, final=True)
+    if not hooks.reported_final:  # restored at the last step: nothing to train, still report the result
+        hooks.report_finished(state, restored, evaluate=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 from ray.train.torch import TorchTrainer
 
+from raylpclip.commands.plot import draw_run_curves
 from raylpclip.config import PretrainConfig, save_config
 from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.shard_files import resolve_shards
@@ -19,6 +20,7 @@ from raylpclip.engine.checkpoint_choice import preflight
 from raylpclip.engine.checkpoint_state import load_state, verify_state
 from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.models.clip import export_clip
+from raylpclip.models.model_card import write_model_card
 from raylpclip.models.tower_factory import build_tower
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
@@ -110,7 +112,9 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
 
 
 def export_checkpoint(cfg: PretrainConfig, checkpoint, *, tokenizer, out_dir: Path) -> Path:
-    """Save the checkpoint's model with save_pretrained so CLIPModel.from_pretrained(out_dir) loads it."""
+    """Save the checkpoint's model with save_pretrained, its tokenizer and image processor beside it, so
+    that CLIPModel, CLIPProcessor, AutoModel/AutoProcessor and the zero-shot-image-classification
+    pipeline all load out_dir."""
     with checkpoint.as_directory() as directory:
         state = load_state(directory)
     tower = build_tower(cfg.model, tokenizer=tokenizer)
@@ -120,7 +124,7 @@ def export_checkpoint(cfg: PretrainConfig, checkpoint, *, tokenizer, out_dir: Pa
 
 
 def report(cfg: PretrainConfig, result, resolved: Resolved, *, counter, storage_counter, start: float) -> dict:
-    """The exported model and summary.json, from the fitted run's result."""
+    """The exported model, summary.json and the model's card (README.md), from the fitted run's result."""
     checkpoint = must_have_checkpoint(result, cfg.name)
     model_dir = export_checkpoint(cfg, checkpoint, tokenizer=resolved.tokenizer, out_dir=cfg.run_dir / "model")
     metrics = result.metrics or {}
@@ -135,10 +139,13 @@ def report(cfg: PretrainConfig, result, resolved: Resolved, *, counter, storage_
         checkpoint=checkpoint.path,
         chance_acc1=1.0 / len(classnames) if classnames else None,
         train_samples=resolved.data.samples,
-        skipped=counters.totals(counter),
+        **counters.report(counter),  # skipped: distinct bad samples by reason; skipped_sightings: reads of them
         storage_retries=counters.totals(storage_counter).get("storage_retries", 0),
     )
     write_summary(cfg.run_dir, summary)
+    # The card states the final metrics, so it is written once they are in the summary.
+    write_model_card(model_dir, cfg=cfg, summary=summary, shards=resolved.data.files,
+                     formats=resolved.data.formats, classnames=classnames)
     return summary
 
 
@@ -157,4 +164,5 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     trainer = build_trainer(cfg, tokenizer=resolved.tokenizer, classnames=classnames, data=data, counter=counter,
                             storage_counter=storage_counter)
     result = fit(trainer, cfg.name)
+    draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, counter=counter, storage_counter=storage_counter, start=start)

@@ -102,5 +102,5 @@ def pretrain_worker(args: PretrainWorkerArgs) -> None:
     loop_hooks, loop_train = clocked(hooks, cfg.train, args.bench, device=place.device)
     run_loop(t.task, optimizer=t.optimizer, scheduler=t.scheduler, batches=streams.batches(micro), state=state,
              train=loop_train, optim=cfg.optim, hooks=loop_hooks, device=place.device)
-    if not hooks.reported_final:  # re-run of a finished run: nothing to train, still report the result
-        hooks.report(state, {}, save=False, evaluate=True, final=True)
+    if not hooks.reported_final:  # restored at the last step: nothing to train, still report the result
+        hooks.report_finished(state, restored, evaluate=True)

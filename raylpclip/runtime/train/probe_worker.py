@@ -20,8 +20,10 @@ from safetensors.torch import save_file
 from raylpclip import batch_schema
 from raylpclip.batch_schema import FEATURE_PREFIX
 from raylpclip.distributed import Collective
-from raylpclip.methods.lpclip import self_train, supervised_probe
+from raylpclip.engine.metrics_log import MetricsLog
+from raylpclip.methods.lpclip import RoundResult, self_train, student_logits, supervised_probe
 from raylpclip.methods.lpclip_config import LPCLIPConfig
+from raylpclip.runtime.train.worker_hooks import open_curves, train_storage_dir
 from raylpclip.runtime.train.worker_setup import progress, start_worker
 from raylpclip.runtime.train.worker_trace import WorkerTrace
 
@@ -54,6 +56,23 @@ def load_shard(shard, *, with_labels: bool) -> dict[str, torch.Tensor]:
     return {n: v[order] for n, v in data.items()}
 
 
+def round_figures(result: RoundResult, weak: torch.Tensor, strong: torch.Tensor, cfg: LPCLIPConfig,
+                  previous: torch.Tensor | None) -> tuple[dict[str, float], torch.Tensor]:
+    """One LP-CLIP round's curve figures on this worker's rows, and its hard pseudo-labels (for the next
+    round's change). `coverage`: share of rows the threshold kept; `pseudo_label_fit`: the student's
+    agreement with its pseudo-labels on the kept strong views (how well the round fitted them);
+    `pseudo_label_change`: share of rows whose label differs from the previous round's (self-training
+    settles as it falls)."""
+    labels = result.targets if result.targets.ndim == 1 else result.targets.argmax(1)
+    kept = result.mask
+    predicted = student_logits(result.probe, strong[kept], cfg).argmax(1)
+    figures = {"coverage": result.coverage, "pseudo_labelled": int(kept.sum()), "samples": int(weak.shape[0]),
+               "pseudo_label_fit": (predicted == labels[kept]).float().mean().item()}
+    if previous is not None:
+        figures["pseudo_label_change"] = (labels != previous).float().mean().item()
+    return figures, labels
+
+
 def probe_worker(args: ProbeWorkerArgs, *, trace_dir: str | None = None) -> None:
     """`trace_dir`: a directory for fault drills (runtime/train/worker_trace.py; a test binds it with
     functools.partial): the worker writes its pid marker there once its features are in memory, so
@@ -71,12 +90,20 @@ def probe_worker(args: ProbeWorkerArgs, *, trace_dir: str | None = None) -> None
     collective = Collective(world)
     progress(f"[raylpclip] probe worker {rank}/{world}: {weak.shape[0]} samples x {weak.shape[1]} dims, "
              f"{cfg.rounds} LP-CLIP rounds of {cfg.epochs} epochs")
-    heads, metrics = {}, {}
+    heads, metrics, labels = {}, {}, None
+    # Rank 0's curves, one step per round, in the run directory: probe_driver keeps the probe's Train run
+    # there. A probe has no checkpoint to resume from, so every training starts the curves again at 0.
+    curves: MetricsLog | None = open_curves(train_storage_dir(), start_step=0) if rank == 0 else None
     for result in self_train(weak, strong, weights, local, collective=collective):
         heads[f"lpclip-r{result.round}"] = result.probe
         metrics[f"coverage_r{result.round}"] = result.coverage
         progress(f"[raylpclip] LP-CLIP round {result.round} (teacher: {result.teacher}) trained on "
                  f"{result.coverage:.1%} of the samples")
+        if curves is not None:
+            figures, labels = round_figures(result, weak, strong, local, labels)
+            curves.write(result.round, figures)
+    if curves is not None:
+        curves.close()
     if supervised:
         heads["supervised"] = supervised_probe(strong, data[batch_schema.LABEL], local, init_weights=weights,
                                                collective=collective)

@@ -17,20 +17,23 @@ import ray.train
 
 from raylpclip.data import stream_position
 from raylpclip.engine.checkpoint_choice import choose
-from raylpclip.engine.checkpoint_state import load_state, save_state
+from raylpclip.engine.checkpoint_state import load_meta, load_state, save_state
 from raylpclip.engine.loop import LoopState
 
 POSITION_FILE = "data_position.json"
 
 
 def save_run_state(directory: str, *, task, optimizer, scheduler, state: LoopState, meta: dict,
-                   positions: list | None = None) -> None:
-    """Write the training state (and the data position, when the run tracks one) into `directory`."""
+                   positions: list | None = None, metrics: dict | None = None) -> None:
+    """Write the training state (and the data position, when the run tracks one) into `directory`.
+    `metrics`, the figures reported with it, go into its meta: a run resumed at its last step reports
+    them again rather than figures of no step."""
     extra = {POSITION_FILE: stream_position.dumps(positions, step=state.step)} if positions is not None else None
+    figures = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
     save_state(directory, state={
         "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "step": state.step, "samples_seen": state.samples_seen,
-    }, meta={"step": state.step, "samples_seen": state.samples_seen, **meta}, extra=extra)
+    }, meta={"step": state.step, "samples_seen": state.samples_seen, **meta, "metrics": figures}, extra=extra)
 
 
 @dataclass
@@ -38,6 +41,8 @@ class Restored:
     state: LoopState
     positions: list | None = None  # the data position saved with the checkpoint (data/stream_position.py)
     path: str | None = None
+    metrics: dict | None = None  # what was reported with it
+    registered: bool = False  # it is Ray Train's latest registered checkpoint (what the run's result names)
 
 
 def restore_run(task, optimizer, scheduler, *, run: tuple | None = None,
@@ -57,14 +62,16 @@ def restore_run(task, optimizer, scheduler, *, run: tuple | None = None,
         with ray.train.Checkpoint(path, fs).as_directory() as directory:
             state = load_state(directory)
             pos_file = Path(directory) / POSITION_FILE
-            return state, (stream_position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None)
+            positions = stream_position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None
+            return state, positions, load_meta(directory).get("metrics") or {}
 
     chosen = choose(fs, run_path, registered=latest.path if latest is not None else None, load=load,
                     warn=say or (lambda line: None))
     if chosen is None:
         return Restored(LoopState())
-    found, (state, positions) = chosen
+    found, (state, positions, metrics) = chosen
     task.load_state_dict(state["task"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return Restored(LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"])), positions, found.path)
+    return Restored(LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"])), positions, found.path,
+                    metrics, registered=latest is not None and found.path == latest.path)

@@ -1,23 +1,61 @@
 """The training loop's hooks on a Ray Train worker (engine/loop.py calls `report`), shared by every
-trainer: the reported metrics (throughput, epoch, skip and retry counts), rank 0's progress line and
-evaluation, checkpoints with the data position, and a failed checkpoint upload stopping the run.
+trainer: the reported metrics (throughput, epoch, skip and retry counts), rank 0's progress line,
+evaluation and training curves (engine/metrics_log.py), checkpoints with the data position, and a
+failed checkpoint upload stopping the run.
 
 A trainer subclasses `WorkerHooks` for what is its own: what it evaluates and how its line reads
-("<its figures> epoch E skipped {...} storage-retries N | <its evaluation>").
+("<its figures> epoch E skipped {...} storage-retries N | <its evaluation>"). `skipped` counts distinct
+bad samples (and shards); `sightings {...}` follows it once one was read again, as each epoch reads it
+(runtime/cluster/counters.py).
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
+import pyarrow.fs as pafs
 import ray.train
 
 from raylpclip.data.storage import take_failed_uploads
 from raylpclip.engine.checkpoint_state import CheckpointError
 from raylpclip.engine.loop import LoopState
+from raylpclip.engine.metrics_log import MetricsLog
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.train.worker_checkpoint import save_run_state
 from raylpclip.runtime.train.worker_setup import WorkerPlace, progress, report_checkpoint
+
+SIGHTINGS = "skip_sightings_"  # metrics: how often the skipped samples were read, by reason
+
+
+def train_storage_dir() -> Path | None:
+    """Where the driver put this Train run's storage (the path Ray Train resolved on the driver), when it
+    is a local or shared path; None on s3://. Read through Ray Train's storage context, a DeveloperAPI."""
+    storage = ray.train.get_context().get_storage()
+    if not isinstance(storage.storage_filesystem, pafs.LocalFileSystem):
+        return None
+    return Path(storage.storage_fs_path)
+
+
+def curves_dir(cfg) -> Path | None:
+    """The run directory as the driver named it, for rank 0's curves. Train workers run in a working
+    directory of Ray's own, where a relative output_dir means nothing: it is then taken from the run's
+    Train storage, which is output_dir as the driver resolved it when ray.storage_path is empty. With a
+    relative output_dir and a separate ray.storage_path no place is known: None."""
+    if cfg.run_dir.is_absolute():
+        return cfg.run_dir
+    storage = None if cfg.ray.storage_path else train_storage_dir()
+    return storage / cfg.name if storage is not None else None
+
+
+def open_curves(run_dir: Path | None, *, start_step: int) -> MetricsLog | None:
+    """The run's curves (engine/metrics_log.py), continued from `start_step`; None, said once, where this
+    worker cannot know the run directory."""
+    if run_dir is None:
+        progress("[raylpclip] no training curves: this worker cannot place the run directory (a relative "
+                 "output_dir with ray.storage_path set); give output_dir as an absolute, shared path")
+        return None
+    return MetricsLog(run_dir, start_step=start_step)
 
 
 class WorkerHooks:
@@ -32,12 +70,15 @@ class WorkerHooks:
         self.train_samples, self.meta = train_samples, {"name": cfg.name, **(meta or {})}
         self.start_samples, self.start_time = start.samples_seen, time.perf_counter()
         self.reported_final = False
+        # The curves are rank 0's, like the progress line: every rank reports the same step.
+        self.curves = open_curves(curves_dir(cfg), start_step=start.step) if place.rank == 0 else None
 
     @property
     def device(self):
         return self.place.device
 
-    def report(self, state: LoopState, metrics: dict, *, save: bool, evaluate: bool, final: bool) -> None:
+    def report(self, state: LoopState, metrics: dict, *, save: bool, evaluate: bool, final: bool,
+               quiet: bool = False) -> None:
         elapsed = time.perf_counter() - self.start_time
         metrics = dict(metrics, step=state.step, samples_seen=state.samples_seen,
                        train_samples_per_s=(state.samples_seen - self.start_samples) / max(elapsed, 1e-9))
@@ -46,22 +87,45 @@ class WorkerHooks:
         if self.place.rank == 0:
             if evaluate and self.cfg.data.eval:
                 metrics.update(self.evaluate(final=final))
-            metrics.update({f"skipped_{k}": v for k, v in counters.totals(self.counter).items()})
+            skips = counters.report(self.counter)
+            metrics.update({f"skipped_{k}": v for k, v in skips["skipped"].items()})
+            metrics.update({f"{SIGHTINGS}{k}": v for k, v in skips["skipped_sightings"].items()})
             metrics.update(counters.totals(self.storage_counter))
-            progress(self.line(state, metrics) + self.tail(metrics) + self.results(metrics))
+            if not quiet:
+                progress(self.line(state, metrics) + self.tail(metrics) + self.results(metrics))
+            if self.curves is not None:
+                self.curves.write(state.step, metrics)
+                if final:  # closed for good: a write after close would reopen it, purging this run's steps
+                    self.curves.close()
+                    self.curves = None
         # Every worker takes part in gathering the data position (a collective), rank 0 saves it.
         positions = self.streams.checkpoint_positions() if save and self.streams is not None else None
         if save and self.place.rank == 0:
             # Written locally, uploaded to storage in the background with train.async_checkpoint.
             report_checkpoint(metrics, lambda tmp: save_run_state(
                 tmp, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler, state=state, meta=self.meta,
-                positions=positions), async_upload=self.cfg.train.async_checkpoint)
+                positions=positions, metrics=metrics), async_upload=self.cfg.train.async_checkpoint)
         else:
             ray.train.report(metrics, checkpoint=None)
         failed = take_failed_uploads()
         if failed:  # the checkpoint did not reach storage: stop rather than train on without one
             raise CheckpointError(f"checkpoint upload failed after retries: {'; '.join(failed)}")
         self.reported_final |= final
+
+    def report_finished(self, state: LoopState, restored, *, evaluate: bool) -> None:
+        """A run restored at its last step (`restored`, runtime/train/worker_checkpoint.py): nothing to
+        train; the figures reported at that step (saved in the checkpoint) are reported again. When that
+        checkpoint is not Ray Train's latest registered one (a worker lost after the final checkpoint
+        reached storage but before Ray Train registered it), the state is registered anew, so that the
+        run's result is the final state and not an older checkpoint."""
+        if self.place.rank == 0:
+            progress(f"[raylpclip] {self.cfg.name} had finished at step {state.step}; nothing left to train")
+        curves, self.curves = self.curves, None  # its steps are already in the curves
+        if curves is not None:
+            curves.close()
+        carried = {k: v for k, v in (restored.metrics or {}).items()
+                   if k != "train_samples_per_s" and not k.startswith(("skipped_", SIGHTINGS))}
+        self.report(state, carried, save=not restored.registered, evaluate=evaluate, final=True, quiet=True)
 
     def evaluate(self, *, final: bool) -> dict:
         """Rank 0's evaluation on the run's eval set (Ray Train's "eval" dataset), as metrics."""
@@ -81,6 +145,9 @@ class WorkerHooks:
         skipped = {k[len("skipped_"):]: v for k, v in m.items() if k.startswith("skipped_")}
         if skipped:
             line += f" skipped {skipped}"
+        sightings = {k[len(SIGHTINGS):]: v for k, v in m.items() if k.startswith(SIGHTINGS)}
+        if any(n > skipped.get(k, 0) for k, n in sightings.items()):
+            line += f" sightings {sightings}"
         if m.get("storage_retries"):
             line += f" storage-retries {m['storage_retries']}"
         return line
