@@ -21,6 +21,7 @@ USAGE = "raylpclip [--verbose] COMMAND [CONFIG.yaml] [key=value ...]"
 # command -> "module:function"; the function takes the command's arguments and returns summary.json's path.
 COMMANDS: dict[str, str] = {
     "bench": "raylpclip.commands.bench:cmd_bench",
+    "convert": "raylpclip.commands.convert:cmd_convert",
     "demo": "raylpclip.commands.demo:cmd_demo",
     "eval": "raylpclip.commands.evaluate:cmd_eval",
     "finetune": "raylpclip.commands.finetune:cmd_finetune",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,47 @@ def all_gather_with_grad(x: Tensor) -> Tensor:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         return torch.cat(all_gather(x), dim=0)
+
+
+def _shift(x: Tensor, direction: int) -> Tensor:
+    """Send `x` to rank + direction and receive rank - direction's tensor of the same shape (a ring)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    received = torch.empty_like(x)
+    ops = [dist.P2POp(dist.isend, x.contiguous(), (rank + direction) % world),
+           dist.P2POp(dist.irecv, received, (rank - direction) % world)]
+    for request in dist.batch_isend_irecv(ops):
+        request.wait()
+    return received
+
+
+class _RingShift(torch.autograd.Function):
+    """One hop around the ring, differentiable: forward passes `x` on to the next rank; backward sends the
+    gradient of what was received back to the rank it came from, which adds it to its own tensor's."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return _shift(x, 1)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return _shift(grad, -1)
+
+
+def ring_pass_with_grad(x: Tensor) -> Iterator[tuple[int, Tensor]]:
+    """Every rank's `x`, one at a time, passed around the ring: yields (owner rank, its x), this rank's own
+    first, then those of rank - 1, rank - 2, ... (world_size items; one, x itself, when not distributed).
+
+    A rank holds one received chunk at a time instead of the (world_size * b, ...) gather. The backward
+    runs the hops in reverse, so rank k's x collects sum_r dL_r/dx_k, as `all_gather_with_grad`'s does
+    (DDP's average then gives the single-process gradient). Every rank must consume every item, in order,
+    and run the backward: each hop is a collective of all ranks.
+    """
+    rank, world = get_rank(), get_world_size()
+    chunk = x
+    yield rank, chunk
+    for hop in range(1, world):
+        chunk = _RingShift.apply(chunk)
+        yield (rank - hop) % world, chunk
 
 
 @torch.no_grad()

@@ -10,7 +10,9 @@ not land on one measurement only:
   process with the 1-worker run's threads (a Ray task, so it gets the workers' kind of process and,
   with `train.use_gpu`, a GPU; the loop itself uses no Ray). Windows of PSD (at full weight, ramp
   constant) alternate with windows of plain CLIP loss (a_max 0): `psd_overhead` is their step-time
-  difference over the PSD step time.
+  difference over the PSD step time. With `bench.patch_dropout=P`, windows of the PSD step at patch dropout
+  P join them and the vision tower is timed alone at both settings (bench/vision_timing.py): the step's
+  and the tower's speed-ups, `patch_dropout_step_ratio` and `patch_dropout_vision_ratio`.
 - pipeline: shards -> Ray Data (read, decode actors) -> a TorchTrainer with 1 worker x `threads` and
   with 2 workers x `threads/2` (the same global batch), the real worker pieces (DDP wrapping, batch
   stream, RayHooks with its reports and checkpoints) with a clock around the loop's hooks. The first

@@ -27,6 +27,9 @@ class TrainBenchSection:
     # decoding at the pace of training, not a small data set decoded whole before timing began (what
     # Ray's default budget does with the few thousand samples a bench run consumes).
     data_buffer_batches: int = 16
+    # > 0: the plain loop also times windows of the PSD step with model.patch_dropout at this value (beside the
+    # config's own, usually 0) and the vision tower alone at both: patch_dropout_step_ratio, _vision_ratio.
+    patch_dropout: float = 0.0
     synthetic_samples: int = 0  # shards generated when data.train is empty; 0: enough for every run's steps
     synthetic_image_size: int = 64
 
@@ -48,6 +51,8 @@ def check(cfg: TrainBenchConfig) -> None:
     for key in ("threads", "warmup_steps", "checkpoints", "synthetic_samples", "data_buffer_batches"):
         if getattr(b, key) < 0:
             raise ConfigError(f"config key 'bench.{key}': got {getattr(b, key)}, expected >= 0")
+    if not 0.0 <= b.patch_dropout <= 0.9:
+        raise ConfigError(f"config key 'bench.patch_dropout': got {b.patch_dropout}, expected 0 (off) to 0.9")
     if b.window_steps < 2:
         raise ConfigError(f"config key 'bench.window_steps': got {b.window_steps}, expected >= 2 (an anchor and a timed step)")
     if b.warmup_steps < 1:

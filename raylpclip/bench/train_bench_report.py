@@ -65,6 +65,8 @@ def summarize(rounds: list[dict[str, Any]], *, batch: int, threads: int, saves: 
     }
     if use_gpu and "cuda_allocated_mb" in one[best][0]["peak_memory_mb"]:
         s["peak_cuda_memory_mb"] = max(rank["peak_memory_mb"]["cuda_allocated_mb"] for ranks in one for rank in ranks)
+    if all("patch_dropout" in r["limit"] for r in rounds):
+        s.update(patch_dropout_figures(rounds, psd_step_s=psd["step_time_s"]))
     two = [r["two"] for r in rounds if r.get("two")]
     if two:
         two_rates = [ranks[0]["timed"]["samples_per_s"] for ranks in two]
@@ -81,6 +83,19 @@ def summarize(rounds: list[dict[str, Any]], *, batch: int, threads: int, saves: 
     return s
 
 
+def patch_dropout_figures(rounds: list[dict[str, Any]], *, psd_step_s: float) -> dict[str, float]:
+    """`bench.patch_dropout`'s figures: its PSD windows pooled over every round against the PSD windows at
+    the config's own patch dropout (usually 0), and the vision tower alone (bench/vision_timing.py), the
+    median over rounds of each round's medians. Ratios are speed-ups: above 1, patch dropout is faster."""
+    step = pooled([w for r in rounds for w in r["limit"]["patch_dropout"]])["step_time_s"]
+    vision = [r["limit"]["vision"] for r in rounds]
+    base_v, drop_v = (float(np.median([v[k] for v in vision])) for k in ("base", "patch_dropout"))
+    return {"patch_dropout": vision[0]["p"], "patch_dropout_base": vision[0]["base_p"],
+            "patch_dropout_step_time_s": step, "patch_dropout_step_ratio": psd_step_s / step,
+            "vision_step_time_s": base_v, "patch_dropout_vision_step_time_s": drop_v,
+            "patch_dropout_vision_ratio": base_v / drop_v, "vision_share": base_v / psd_step_s}
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
@@ -92,6 +107,9 @@ def format_table(s: dict[str, Any]) -> str:
         ("compute limit: plain loop, CLIP step (a_max 0)", s["batch_size"] / s["clip_step_time_s"], s["clip_step_time_s"], None),
         (f"pipeline: shards -> Ray Data -> 1 worker x {t} threads", s["samples_per_s"], s["step_time_s"], s["data_wait_fraction"]),
     ]
+    if "patch_dropout" in s:
+        rows.insert(1, (f"compute limit: plain loop, PSD step, patch dropout {s['patch_dropout']:g}",
+                        s["batch_size"] / s["patch_dropout_step_time_s"], s["patch_dropout_step_time_s"], None))
     if "two_worker_samples_per_s" in s:
         rows.append((f"pipeline: 2 workers x {max(1, t // 2)} thread(s)", s["two_worker_samples_per_s"],
                      s["two_worker_step_time_s"], s["two_worker_data_wait_fraction"]))
@@ -107,6 +125,11 @@ def format_table(s: dict[str, Any]) -> str:
                  f"PSD overhead {_pct(s['psd_overhead'])} of the step (< {_pct(target['psd_overhead'])}; loss alone "
                  f"{_pct(s['psd_loss_overhead'])})"
                  + (f", two_worker_ratio {s['two_worker_ratio']:.2f} (>= {target['two_worker_ratio']})" if "two_worker_ratio" in s else ""))
+    if "patch_dropout" in s:
+        lines.append(f"[raylpclip] patch dropout {s['patch_dropout']:g} vs {s['patch_dropout_base']:g}: the step "
+                     f"{s['patch_dropout_step_ratio']:.2f}x as fast, the vision tower's forward+backward alone "
+                     f"{s['patch_dropout_vision_ratio']:.2f}x ({s['vision_step_time_s']:.3f} -> "
+                     f"{s['patch_dropout_vision_step_time_s']:.3f} s; {_pct(s['vision_share'])} of the step without)")
     ckpt = s.get("checkpoint_report_s")
     lines.append(f"[raylpclip] peak memory per worker {s['peak_memory_mb']:.0f} MB (plain loop "
                  f"{s['peak_memory_mb_per_worker']['compute_limit']:.0f} MB)"

@@ -21,7 +21,7 @@ def compute_limit(cfg: TrainBenchConfig, *, tokenizer, batch_ref, threads: int) 
     b = cfg.bench
     one = replace(pretrain_part(cfg), train=replace(cfg.train, num_workers=1, threads_per_worker=threads))
     bench = {"memory_batches": b.memory_batches, "threads": threads, "warmup_steps": b.warmup_steps,
-             "windows": b.windows, "window_steps": b.window_steps}
+             "windows": b.windows, "window_steps": b.window_steps, "patch_dropout": b.patch_dropout}
     return run_as_task(compute_limit_task, to_dict(one), tokenizer, batch_ref, bench,
                        num_cpus=threads if not cfg.train.use_gpu else cfg.train.cpus_per_worker,
                        num_gpus=1 if cfg.train.use_gpu else 0)

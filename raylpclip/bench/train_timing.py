@@ -15,12 +15,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from raylpclip.bench.vision_timing import vision_times
 from raylpclip.config import PretrainConfig, PSDConfig, from_dict
 from raylpclip.engine.clock import StepClock, peak_memory_mb, window_stats
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.training_setup import build_training
 from raylpclip.losses import clip_loss, psd_loss
+from raylpclip.models.patch_dropout import set_patch_dropout
 
 
 def pooled(windows: list[dict[str, float]]) -> dict[str, float]:
@@ -35,46 +37,60 @@ def pooled(windows: list[dict[str, float]]) -> dict[str, float]:
 # The compute limit: the same model and step on in-memory tensors
 
 
-def arm_configs(cfg: PretrainConfig) -> dict[str, PretrainConfig]:
+def arm_configs(cfg: PretrainConfig, *, patch_dropout: float = 0.0) -> dict[str, PretrainConfig]:
     """PSD at full weight from step 0 (ramp constant: the PSD path runs every step, the worst case) and
-    plain CLIP (a_max 0), otherwise the run's own settings."""
+    plain CLIP (a_max 0), otherwise the run's own settings; with `patch_dropout` > 0 also the PSD arm with
+    model.patch_dropout at that value."""
     a_max = cfg.psd.a_max if cfg.psd.a_max > 0 else PSDConfig().a_max
-    return {"psd": replace(cfg, psd=replace(cfg.psd, a_max=a_max, ramp="constant")),
+    arms = {"psd": replace(cfg, psd=replace(cfg.psd, a_max=a_max, ramp="constant")),
             "clip": replace(cfg, psd=replace(cfg.psd, a_max=0.0))}
+    if patch_dropout > 0:
+        arms["patch_dropout"] = replace(arms["psd"], model=replace(cfg.model, patch_dropout=patch_dropout))
+    return arms
 
 
 def in_memory_windows(cfg: PretrainConfig, *, tokenizer, batches: list[dict[str, torch.Tensor]], threads: int,
-                      warmup_steps: int, windows: int, window_steps: int,
+                      warmup_steps: int, windows: int, window_steps: int, patch_dropout: float = 0.0,
                       device: torch.device = torch.device("cpu")) -> dict[str, Any]:
     """The plain torch loop: one model and optimizer, `run_loop` over `batches` cycled (already in
-    memory, as tensors), arms PSD and CLIP alternating in windows of `window_steps` after `warmup_steps`
-    untimed steps. Each window's first step is its anchor, not timed. Returns per-arm window stats,
-    the step records and this process's peak memory."""
+    memory, as tensors), arms PSD and CLIP (and with `patch_dropout` > 0 the PSD step at that patch
+    dropout) alternating in windows of `window_steps` after `warmup_steps` untimed steps. Each window's
+    first step is its anchor, not timed. Returns per-arm window stats, the step records, this process's
+    peak memory, and with `patch_dropout` the vision tower's own times (bench/vision_timing.py)."""
     torch.set_num_threads(threads)
-    arms = arm_configs(cfg)
+    arms = arm_configs(cfg, patch_dropout=patch_dropout)
     total = warmup_steps + windows * len(arms) * window_steps
-    training = build_training(replace(arms["psd"], train=replace(cfg.train, steps=total)), tokenizer=tokenizer,
-                              rank=0, device=device)
-    tasks = {name: training.task if name == "psd" else
+    # No unmasked tuning phase here: each window sets its arm's patch dropout itself.
+    training = build_training(replace(arms["psd"], train=replace(cfg.train, steps=total, patch_dropout_until_step=0)),
+                              tokenizer=tokenizer, rank=0, device=device)
+    tower = unwrap(training.model)
+    tasks = {name: training.task if name in ("psd", "patch_dropout") else
              type(training.task)(training.model, psd=arm.psd, total_steps=total, seed=arm.train.seed, rank=0)
              for name, arm in arms.items()}
     stream = itertools.cycle(batches)
     state = LoopState()
 
-    def steps(task, n: int, clock: StepClock) -> None:
+    def steps(name: str, n: int, clock: StepClock) -> None:
+        set_patch_dropout(tower.clip, arms[name].model.patch_dropout)
         train = replace(cfg.train, steps=state.step + n, log_every=1, checkpoint_every=0, eval_every=0)
-        run_loop(task, optimizer=training.optimizer, scheduler=training.scheduler, batches=stream, state=state,
+        run_loop(tasks[name], optimizer=training.optimizer, scheduler=training.scheduler, batches=stream, state=state,
                  train=train, optim=cfg.optim, hooks=clock, device=device)
 
-    steps(tasks["psd"], warmup_steps, StepClock())
+    steps("psd", warmup_steps, StepClock())
     out: dict[str, Any] = {name: [] for name in arms}
     for _ in range(windows):
         for name in arms:
             clock = StepClock()
             start = state.step
-            steps(tasks[name], window_steps, clock)
+            steps(name, window_steps, clock)
             out[name].append(dict(window_stats(clock.records, first=start + 2, last=state.step,
                                                batch=cfg.train.batch_size), load=clock.load))
+    if patch_dropout > 0:
+        settings = {"base": cfg.model.patch_dropout, "patch_dropout": patch_dropout}
+        out["vision"] = vision_times(tower, batches[0], settings=settings, repeats=window_steps,
+                                     precision=cfg.train.precision, device=device)
+        out["vision"].update(p=patch_dropout, base_p=cfg.model.patch_dropout)
+        set_patch_dropout(tower.clip, cfg.model.patch_dropout)
     dim = unwrap(training.model).clip.config.projection_dim
     out["loss"] = loss_overhead(cfg.train.batch_size // cfg.optim.accum_steps, dim, psd=arms["psd"].psd)
     out["peak_memory_mb"] = peak_memory_mb(device)
@@ -92,7 +108,8 @@ def compute_limit_task(config: dict, tokenizer, batch: dict[str, np.ndarray], be
     device = torch.device("cuda") if cfg.train.use_gpu and torch.cuda.is_available() else torch.device("cpu")
     return in_memory_windows(cfg, tokenizer=tokenizer, batches=tensors, threads=bench["threads"],
                              warmup_steps=bench["warmup_steps"], windows=bench["windows"],
-                             window_steps=bench["window_steps"], device=device)
+                             window_steps=bench["window_steps"], patch_dropout=bench.get("patch_dropout", 0.0),
+                             device=device)
 
 
 def loss_overhead(b: int, dim: int, *, psd: PSDConfig, repeats: int = 50, seed: int = 0) -> dict[str, float]:

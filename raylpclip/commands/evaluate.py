@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raylpclip.config import ConfigError, config_args, load_config, require
-from raylpclip.config.sections import DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig
+from raylpclip.config.sections import DataConfig, EvalConfig, RayConfig, RunConfig
+from raylpclip.config.inference_sections import InferenceConfig, RobustnessConfig
 from raylpclip.data.metadata import label_names
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3

@@ -68,6 +68,10 @@ class FinetuneConfig(RunConfig):
         require(self.train.batch_size % parts == 0, "train.batch_size",
                 f"{self.train.batch_size} is not divisible by train.num_workers * optim.accum_steps = {parts}")
         require(not self.data.sources or not self.data.train, "data.sources", "give either data.train or data.sources")
+        # Fine-tuning keeps no EMA: its weight average is WiSE-FT's (wise_alphas), taken against theta_0.
+        require(self.train.ema_decay == 0, "train.ema_decay",
+                f"got {self.train.ema_decay}, expected 0: EMA weights are a pretraining switch; fine-tuning "
+                "averages weights with WiSE-FT (wise_alphas)")
 
 
 def require_inputs(cfg: FinetuneConfig) -> None:

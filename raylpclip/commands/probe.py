@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raylpclip.config import config_args, load_config, require
-from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, RayConfig, RobustnessConfig, RunConfig,
-                                       ViewsConfig)
+from raylpclip.config.sections import DataConfig, EvalConfig, RayConfig, RunConfig
+from raylpclip.config.inference_sections import InferenceConfig, RobustnessConfig, ViewsConfig
 from raylpclip.methods.lpclip_config import LPCLIPConfig
 from raylpclip.methods.lpclip_config import check_config as check_lpclip
 

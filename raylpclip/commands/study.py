@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from raylpclip.config import config_args, load_config, require
-from raylpclip.config.sections import InferenceConfig, RayConfig, RobustnessConfig, RunConfig
+from raylpclip.config.sections import RayConfig, RunConfig
+from raylpclip.config.inference_sections import InferenceConfig, RobustnessConfig
 
 
 PARTS = ("pretrain", "headroom", "probe", "finetune")

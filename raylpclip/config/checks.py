@@ -8,10 +8,17 @@ model). Every message names the key and what it allows.
 from __future__ import annotations
 
 import dataclasses
+import math
+from pathlib import Path
 from typing import Any, Sequence
 
-from raylpclip.config.sections import (DataConfig, EvalConfig, InferenceConfig, ModelConfig, OptimConfig, PSDConfig,
-                                       RayConfig, RobustnessConfig, TrainConfig, ViewsConfig)
+from raylpclip.config.sections import (DataConfig, EvalConfig, ExportConfig, LossConfig, ModelConfig, OptimConfig,
+                                       PSDConfig, RayConfig, TrainConfig)
+from raylpclip.config.inference_sections import InferenceConfig, RobustnessConfig, ViewsConfig
+
+# A model.pretrained path with one of these suffixes is an open_clip checkpoint file, converted when loaded
+# (models/openclip_weights.py); any other path is a save_pretrained directory.
+OPENCLIP_CHECKPOINT_SUFFIXES = (".bin", ".pt", ".pth", ".safetensors")
 
 
 class ConfigError(ValueError):
@@ -25,6 +32,10 @@ def require(ok: bool, key: str, message: str) -> None:
 
 def choice(value: Any, key: str, allowed: Sequence[Any]) -> None:
     require(value in allowed, key, f"got {value!r}, expected one of {list(allowed)}")
+
+
+def is_openclip_checkpoint(path: str) -> bool:
+    return Path(path).suffix in OPENCLIP_CHECKPOINT_SUFFIXES
 
 
 def check_name(name: str, key: str = "name") -> None:
@@ -66,6 +77,27 @@ def _check_data(d: DataConfig, key: str) -> None:
 
 def _check_model(m: ModelConfig, key: str) -> None:
     require(m.vocab_size >= 300, f"{key}.vocab_size", f"got {m.vocab_size}, expected >= 300 (byte alphabet + merges)")
+    # An open_clip checkpoint file holds no tokenizer, and one trained on the captions would not be the model's.
+    require(not is_openclip_checkpoint(m.pretrained) or bool(m.tokenizer), f"{key}.tokenizer",
+            f"required with an open_clip checkpoint as {key}.pretrained ({m.pretrained}): the tokenizer directory the "
+            "model was trained with (`raylpclip convert open-clip` writes one beside the converted model)")
+    # Above 0.9 a 7x7-patch ViT-B/32 image keeps 4 tokens or fewer: FLIP's range stops at 0.75.
+    require(0.0 <= m.patch_dropout <= 0.9, f"{key}.patch_dropout", f"got {m.patch_dropout}, expected in [0, 0.9]")
+    for tower in ("image", "text"):
+        lock, layers = getattr(m, f"lock_{tower}"), getattr(m, f"lock_{tower}_unlocked_layers")
+        require(layers >= 0, f"{key}.lock_{tower}_unlocked_layers", f"got {layers}, expected >= 0")
+        for part in ("layers", "norms"):
+            require(lock or not getattr(m, f"lock_{tower}_unlocked_{part}"), f"{key}.lock_{tower}_unlocked_{part}",
+                    f"unlocks part of a locked tower: expected {key}.lock_{tower}: true, or leave it at its default")
+    everything = all(getattr(m, f"lock_{t}") and not getattr(m, f"lock_{t}_unlocked_layers")
+                     and not getattr(m, f"lock_{t}_unlocked_norms") for t in ("image", "text"))
+    require(not everything, f"{key}.lock_image/lock_text", "both towers wholly locked leave only the logit scale to "
+            "train; expected at most one locked tower, or some unlocked layers or norms")
+
+
+def check_patch_dropout(m: ModelConfig, t: TrainConfig) -> None:
+    require(t.patch_dropout_until_step == 0 or m.patch_dropout > 0, "train.patch_dropout_until_step",
+            f"got {t.patch_dropout_until_step} with model.patch_dropout 0: expected 0, or set model.patch_dropout > 0")
 
 
 def _check_psd(p: PSDConfig, key: str) -> None:
@@ -76,6 +108,17 @@ def _check_psd(p: PSDConfig, key: str) -> None:
     require(0.0 < p.ema_decay < 1.0, f"{key}.ema_decay", f"got {p.ema_decay}, expected in (0, 1)")
     t = p.teacher_temperature
     require(t is None or t > 0, f"{key}.teacher_temperature", f"got {t}, expected > 0 or null")
+
+
+def _check_loss(c: LossConfig, key: str) -> None:
+    choice(c.kind, f"{key}.kind", ("clip", "siglip"))
+    choice(c.siglip_dist, f"{key}.siglip_dist", ("gather", "ring"))
+    require(c.kind == "siglip" or c.siglip_dist == "gather", f"{key}.siglip_dist",
+            f"got {c.siglip_dist!r} with {key}.kind 'clip': the ring form is SigLIP's, set {key}.kind=siglip")
+    # The scale is clamped to <= 100 (CLIP's rule, models/clip.py) from the first step.
+    require(0.0 < c.siglip_scale_init <= 100.0, f"{key}.siglip_scale_init",
+            f"got {c.siglip_scale_init}, expected in (0, 100]")
+    require(math.isfinite(c.siglip_bias_init), f"{key}.siglip_bias_init", f"got {c.siglip_bias_init}, expected finite")
 
 
 def _check_optim(o: OptimConfig, key: str) -> None:
@@ -106,6 +149,10 @@ def _check_train(t: TrainConfig, key: str) -> None:
     require(0 <= t.min_workers <= t.num_workers, f"{key}.min_workers",
              f"got {t.min_workers}, expected 0 (fixed) to train.num_workers = {t.num_workers}")
     require(t.ddp_bucket_cap_mb > 0, f"{key}.ddp_bucket_cap_mb", f"got {t.ddp_bucket_cap_mb}, expected > 0")
+    # 1 would freeze the EMA at the initial weights: a mistake, not a setting.
+    require(0.0 <= t.ema_decay < 1.0, f"{key}.ema_decay", f"got {t.ema_decay}, expected in [0, 1) (0: no EMA weights)")
+    require(t.patch_dropout_until_step >= 0, f"{key}.patch_dropout_until_step",
+            f"got {t.patch_dropout_until_step}, expected >= 0 (0: patch dropout on every step)")
 
 
 def check_batch_split(t: TrainConfig, o: OptimConfig) -> None:
@@ -118,6 +165,15 @@ def check_batch_split(t: TrainConfig, o: OptimConfig) -> None:
     parts = t.num_workers * o.accum_steps
     require(t.batch_size // parts >= 2, "train.batch_size",
              f"{t.batch_size} leaves fewer than 2 samples per worker micro-batch; contrastive losses need >= 2")
+
+
+def _check_export(x: ExportConfig, key: str) -> None:
+    choice(x.weights, f"{key}.weights", ("raw", "ema"))
+
+
+def check_export_weights(x: ExportConfig, t: TrainConfig) -> None:
+    require(x.weights != "ema" or t.ema_decay > 0, "export.weights",
+            "ema needs EMA weights to export: set train.ema_decay > 0 (e.g. 0.999), or export.weights=raw")
 
 
 def _check_eval(e: EvalConfig, key: str) -> None:
@@ -164,9 +220,11 @@ _SECTION_CHECKS = {
     DataConfig: _check_data,
     ModelConfig: _check_model,
     PSDConfig: _check_psd,
+    LossConfig: _check_loss,
     OptimConfig: _check_optim,
     TrainConfig: _check_train,
     EvalConfig: _check_eval,
+    ExportConfig: _check_export,
     RayConfig: _check_ray,
     InferenceConfig: _check_inference,
     RobustnessConfig: _check_robustness,

@@ -85,11 +85,20 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     preset: str = "tiny"  # tiny | vit-b-32
-    pretrained: str = ""  # local HF CLIP directory; overrides preset when set
+    pretrained: str = ""  # overrides preset: a local HF CLIP dir, or an open_clip checkpoint file (converted)
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.image_size": 32}
     tokenizer: str = ""  # local tokenizer directory; empty: train a BPE on the training captions
     vocab_size: int = 1024  # for the trained BPE tokenizer
     tokenizer_samples: int = 20000  # captions read to train it
+    patch_dropout: float = 0.0  # training only: share of each image's patch tokens dropped (FLIP, models/)
+    # LiT (models/tower_lock.py): a locked tower (transformer + projection) is frozen but for its last N encoder
+    # layers (with the final norm and the projection) and, with *_unlocked_norms, its LayerNorms.
+    lock_image: bool = False
+    lock_image_unlocked_layers: int = 0
+    lock_image_unlocked_norms: bool = False
+    lock_text: bool = False
+    lock_text_unlocked_layers: int = 0
+    lock_text_unlocked_norms: bool = False
 
 
 @dataclass
@@ -100,6 +109,16 @@ class PSDConfig:
     teacher: str = "self"  # self: stop-grad of the current logits | ema: an EMA copy of the model
     ema_decay: float = 0.999
     teacher_temperature: Optional[float] = None  # None: the model's own logit scale
+
+
+@dataclass
+class LossConfig:
+    """The pretraining loss (losses/): CLIP's softmax contrastive loss or SigLIP's pairwise sigmoid loss."""
+
+    kind: str = "clip"  # clip | siglip; PSD (psd.*) works with either
+    siglip_dist: str = "gather"  # gather: all-gather the texts (b x N logits) | ring: pass them around (b x b blocks)
+    siglip_scale_init: float = 10.0  # initial s = exp(t') of a new model (SigLIP: 10); a pretrained one keeps its own
+    siglip_bias_init: float = -10.0  # initial logit bias b (a pretrained export's config.json logit_bias wins)
 
 
 @dataclass
@@ -144,6 +163,17 @@ class TrainConfig:
     grad_checkpointing: bool = False  # recompute tower activations in backward: memory for ~1/3 more compute
     ddp_bucket_cap_mb: float = 25.0  # DDP gradient bucket size (all-reduce granularity), as torch's default
     async_checkpoint: bool = True  # checkpoint upload to storage runs in the background (Ray Train ASYNC)
+    # > 0: keep an EMA of the weights (w <- d * w + (1 - d) * w_model after every optimizer step), evaluated
+    # beside the raw weights (ema_* metrics), checkpointed, exportable (export.weights=ema). 0: off.
+    ema_decay: float = 0.0
+    patch_dropout_until_step: int = 0  # > 0: model.patch_dropout off from this step on (unmasked tuning); 0: all steps
+
+
+@dataclass
+class ExportConfig:
+    """What a pretraining run exports to <run>/model at its end."""
+
+    weights: str = "raw"  # raw: the trained weights | ema: their EMA (needs train.ema_decay > 0)
 
 
 @dataclass
@@ -193,63 +223,19 @@ class PretrainConfig(RunConfig):
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     psd: PSDConfig = field(default_factory=PSDConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
 
     def check(self) -> None:
-        """What the sections cannot check alone: the batch split over workers (and the run's name)."""
-        from raylpclip.config.checks import check_batch_split
+        """What the sections cannot check alone: the batch split over workers, EMA weights to export, patch
+        dropout's tuning phase (and the run's name)."""
+        from raylpclip.config.checks import check_batch_split, check_export_weights, check_patch_dropout
 
         check_batch_split(self.train, self.optim)
+        check_export_weights(self.export, self.train)
+        check_patch_dropout(self.model, self.train)
         super().check()
-
-
-@dataclass
-class InferenceConfig:
-    """How the encoder actors of batch inference run (`probe` and `eval`)."""
-
-    batch_size: int = 256  # images per encoder call
-    actors: int = 1  # encoder actors (one model each); on GPUs, one per GPU
-    cpus_per_actor: float = 1.0
-    threads: int = 2  # torch intra-op threads per CPU actor
-    use_gpu: bool = False
-    precision: str = "fp32"  # fp32 | bf16
-    decode_batch_size: int = 64  # rows per view-making task (corruptions multiply the work per row)
-
-
-def _every_corruption() -> list[str]:
-    from raylpclip.eval.corruptions import CORRUPTIONS
-
-    return list(CORRUPTIONS)
-
-
-def _every_severity() -> list[int]:
-    from raylpclip.eval.corruptions import SEVERITIES
-
-    return list(SEVERITIES)
-
-
-@dataclass
-class RobustnessConfig:
-    """Which corrupted copies of the test set the robustness evaluation makes, and how it bins ECE."""
-
-    corruptions: list[str] = field(default_factory=_every_corruption)  # all 16 by default
-    severities: list[int] = field(default_factory=_every_severity)
-    max_samples: int = 2000  # test images evaluated (each x every view); 0: all
-    n_bins: int = 15  # ECE bins
-
-
-@dataclass
-class ViewsConfig:
-    """LP-CLIP's weak and strong augmentations (methods.md section 2): the teacher labels the weak view,
-    the student learns from the strong one. Each is a random-resized crop over `*_scale` of the area, an
-    optional horizontal flip, and for the strong view colour jitter and random grayscale."""
-
-    weak_scale_min: float = 0.8
-    weak_hflip: bool = True
-    strong_scale_min: float = 0.35
-    strong_hflip: bool = True
-    strong_jitter: float = 0.4  # brightness, contrast, saturation factors in [1 - jitter, 1 + jitter]
-    strong_grayscale_p: float = 0.2

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from raylpclip import batch_schema
-from raylpclip.config.sections import ViewsConfig
+from raylpclip.config.inference_sections import ViewsConfig
 from raylpclip.data.decode import (IMAGE_KEYS, TEXT_KEYS, DataError, _as_text, _first_present, _image_id, _keys, _label,
                                    _row_meta, describe_columns, source_paths)
 from raylpclip.data.tokenization import tokenize, tokenize_on_one_thread

@@ -18,7 +18,9 @@ from raylpclip.config import PretrainConfig, TrainConfig
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import PretrainTask, unwrap
 from raylpclip.models.clip import ClipTower
+from raylpclip.models.patch_dropout import set_patch_dropout
 from raylpclip.models.tower_factory import build_tower
+from raylpclip.models.tower_lock import lock_towers
 
 log = logging.getLogger(__name__)
 
@@ -63,9 +65,18 @@ def build_training(cfg: PretrainConfig, *, tokenizer, rank: int, device: torch.d
     """The tower (seeded: identical initial weights on every rank), switches applied, moved or wrapped,
     then AdamW, the lr schedule and the PSD task."""
     torch.manual_seed(cfg.train.seed)
-    tower = prepare_tower(build_tower(cfg.model, tokenizer=tokenizer), cfg.train)
+    tower = build_tower(cfg.model, tokenizer=tokenizer, loss=cfg.loss)
+    # Before compile (it guards on requires_grad), the optimizer and DDP (both read requires_grad once, when made).
+    lock_towers(tower.clip, cfg.model)
+    set_patch_dropout(tower.clip, cfg.model.patch_dropout)
+    tower = prepare_tower(tower, cfg.train)
+    # The weights are made, identical on every rank; from here each rank draws its own random numbers (patch
+    # dropout's kept patches), as open_clip reseeds with seed + rank once its model is built.
+    torch.manual_seed(cfg.train.seed + rank)
     model = wrap(tower) if wrap is not None else tower.to(device)
     optimizer = build_optimizer(unwrap(model), cfg.optim, fused=cfg.train.fused_adamw)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
-    task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank)
+    task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank,
+                        ema_decay=cfg.train.ema_decay, loss=cfg.loss,
+                        patch_dropout_until_step=cfg.train.patch_dropout_until_step)
     return Training(model, optimizer, scheduler, task)

@@ -101,7 +101,7 @@ def _teacher_logits(
         return local_logits(t_image, t_text, t_all_image, t_all_text, t_scale)
 
 
-def _check_args(
+def check_psd_args(
     image_features: Tensor,
     *,
     alpha: float,
@@ -110,6 +110,7 @@ def _check_args(
     teacher_text_features: Tensor | None,
     teacher_temperature: float | None,
 ) -> None:
+    """The argument checks of PSD's softmax form (psd_loss) and sigmoid form (losses/psd_siglip.py)."""
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if not 0.0 <= subset_fraction <= 1.0:
@@ -147,7 +148,7 @@ def psd_loss(
     Returns {"contrastive_loss": scalar, "psd_alpha": scalar, "soft_fraction": scalar}; with alpha 0 or
     no soft rows the loss is bit-identical to `clip_loss`.
     """
-    _check_args(
+    check_psd_args(
         image_features, alpha=alpha, subset_fraction=subset_fraction, teacher_image_features=teacher_image_features,
         teacher_text_features=teacher_text_features, teacher_temperature=teacher_temperature,
     )

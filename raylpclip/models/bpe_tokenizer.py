@@ -20,6 +20,7 @@ SPECIAL_TOKENS = [BOS, EOS, PAD]
 
 # OpenAI CLIP's merges file holds more lines than its vocab uses: 49152 - 256 - 2 merges are kept.
 _CLIP_NUM_MERGES = 49152 - 256 - 2
+CLIP_VOCAB_SIZE = 2 * 256 + _CLIP_NUM_MERGES + 2  # 49408: bytes, bytes + '</w>', merges, start/end of text
 
 
 def train_tokenizer(captions: Iterable[str], *, vocab_size: int, out_dir: str) -> PreTrainedTokenizerFast:
@@ -78,18 +79,23 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, (chr(c) for c in cs)))
 
 
-def clip_tokenizer_from_bpe(bpe_path: str, out_dir: str) -> CLIPTokenizer:
+def clip_tokenizer_from_bpe(bpe_path: str, out_dir: str, *, vocab_size: int = CLIP_VOCAB_SIZE) -> CLIPTokenizer:
     """OpenAI's CLIP tokenizer (49408 tokens) rebuilt offline from `bpe_simple_vocab_16e6.txt.gz`.
 
     Reproduces openai/CLIP's simple_tokenizer: vocab = the 256 byte chars, the same with '</w>', one
     token per merge, then <|startoftext|> (49406) and <|endoftext|> (49407). Writes vocab.json and
     merges.txt into `out_dir`, loads them as a transformers CLIPTokenizer and saves it there.
+    A smaller `vocab_size` keeps only the first merges, so that start/end of text are still the two
+    largest ids (what a small open_clip model's argmax pooling expects of its vocabulary).
     """
+    num_merges = vocab_size - 2 * 256 - 2
+    if not 0 <= num_merges <= _CLIP_NUM_MERGES:
+        raise ValueError(f"a CLIP BPE vocabulary holds {2 * 256 + 2} to {CLIP_VOCAB_SIZE} tokens, got {vocab_size}")
     if not os.path.isfile(bpe_path):
         raise FileNotFoundError(f"no CLIP BPE merges file at {bpe_path!r}")
     with gzip.open(bpe_path, "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
-    merges = lines[1 : _CLIP_NUM_MERGES + 1]  # line 0 is a version header
+    merges = lines[1 : num_merges + 1]  # line 0 is a version header
     byte_chars = list(_bytes_to_unicode().values())
     vocab = byte_chars + [c + "</w>" for c in byte_chars]
     vocab += ["".join(m.split()) for m in merges]

@@ -50,9 +50,11 @@ def load_encoder(path: str | Path) -> tuple[ClipTower, object]:
 
 
 def _from_checkpoint(ckpt: Path) -> tuple[ClipTower, object]:
-    """A pretraining checkpoint, rebuilt with the config and tokenizer its run saved beside it."""
+    """A pretraining checkpoint, rebuilt with the config and tokenizer its run saved beside it, and with the
+    weights the run exports (export.weights: raw or EMA), as its run directory's model/ holds them."""
     from raylpclip.config import PretrainConfig, load_config
     from raylpclip.engine.checkpoint_state import load_state
+    from raylpclip.engine.model_export import exported_weights
     from raylpclip.models.tower_factory import build_tower
 
     run_dir = ckpt.parent
@@ -60,8 +62,8 @@ def _from_checkpoint(ckpt: Path) -> tuple[ClipTower, object]:
         raise FileNotFoundError(f"checkpoint {ckpt} has no config.yaml in its run directory {run_dir}")
     cfg = load_config(PretrainConfig, str(run_dir / "config.yaml"))
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.pretrained or str(run_dir / "tokenizer"))
-    tower = build_tower(cfg.model, tokenizer=tokenizer)
-    tower.load_state_dict(load_state(ckpt)["task"]["model"])
+    tower = build_tower(cfg.model, tokenizer=tokenizer, loss=cfg.loss)
+    tower.load_state_dict(exported_weights(load_state(ckpt)["task"], weights=cfg.export.weights))
     return tower.eval(), tokenizer
 
 

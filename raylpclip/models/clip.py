@@ -108,6 +108,11 @@ def build_clip(
     config = CLIPConfig(
         text_config=spec.pop("text"), vision_config=spec.pop("vision"), **spec
     )
+    return clip_from_config(config)
+
+
+def clip_from_config(config: CLIPConfig) -> CLIPModel:
+    """A randomly initialised CLIPModel of `config`, with the attention `load_clip` gives a saved one."""
     return _with_sdpa(lambda **kw: CLIPModel._from_config(config, **kw))
 
 
@@ -126,11 +131,15 @@ def _with_sdpa(make):
         return make()
 
 
-def export_clip(model: CLIPModel, out_dir: str, *, tokenizer=None) -> None:
+def export_clip(model: CLIPModel, out_dir: str, *, tokenizer=None, logit_bias: float | None = None) -> None:
     """Save `model` (safetensors) into `out_dir`, loadable by `load_clip`; with its tokenizer, also the
     processor files (models/hf_processor.py), so that CLIPProcessor, AutoProcessor and transformers'
-    zero-shot-image-classification pipeline load the directory too."""
+    zero-shot-image-classification pipeline load the directory too. `logit_bias` (a SigLIP tower's b) goes
+    into config.json as `logit_bias`: CLIPModel has no weight for it, its config keeps extra keys, and
+    `load_clip(...).config.logit_bias` (or the JSON) gives it back; CLIP's own similarities ignore it."""
     os.makedirs(out_dir, exist_ok=True)
+    if logit_bias is not None:
+        model.config.logit_bias = float(logit_bias)
     model.save_pretrained(out_dir, safe_serialization=True)
     if tokenizer is not None:
         save_processor(model.config, tokenizer, out_dir)
@@ -156,12 +165,21 @@ def normalize_images(
 
 
 class ClipTower(torch.nn.Module):
-    """A CLIPModel (`.clip`) seen as the dict contract of the tasks and losses."""
+    """A CLIPModel (`.clip`) seen as the dict contract of the tasks and losses.
 
-    def __init__(self, clip: CLIPModel):
+    `logit_bias`: SigLIP's learnable logit bias b (loss.kind=siglip), a parameter of the tower rather than
+    of the loss so that DDP averages its gradient, the optimizer trains it and checkpoints hold it (state
+    key "logit_bias"); HF's CLIPModel has no such weight, so exports keep it in config.json (`export_clip`).
+    None (CLIP): no parameter, and the state_dict is the CLIPModel's alone."""
+
+    def __init__(self, clip: CLIPModel, *, logit_bias: float | None = None):
         super().__init__()
         self.clip = clip
         self.channels_last = False
+        if logit_bias is None:
+            self.register_parameter("logit_bias", None)
+        else:
+            self.logit_bias = torch.nn.Parameter(torch.tensor(float(logit_bias)))
 
     def enable_grad_checkpointing(self) -> None:
         """Recompute each encoder layer's activations in backward instead of keeping them: activation
@@ -209,9 +227,13 @@ class ClipTower(torch.nn.Module):
         self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
     ) -> dict[str, torch.Tensor]:
         """image (B, 3, H, W) float, input_ids/attention_mask (B, L) ->
-        {"image_features": (B, D) unit norm, "text_features": (B, D) unit norm, "logit_scale": ()}."""
-        return {
+        {"image_features": (B, D) unit norm, "text_features": (B, D) unit norm, "logit_scale": ()}, and
+        "logit_bias": () when the tower has one (SigLIP)."""
+        out = {
             "image_features": self.encode_image(image),
             "text_features": self.encode_text(input_ids, attention_mask),
             "logit_scale": self.logit_scale(),
         }
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from typing import Sequence
 
 from transformers import CLIPConfig
 
@@ -31,16 +32,18 @@ _PORTABLE_TOKENIZER_CLASS = {"TokenizersBackend": "PreTrainedTokenizerFast"}
 _LEGACY_EOS_ID = 2
 
 
-def image_processor_config(image_size: int) -> dict:
+def image_processor_config(image_size: int, *, mean: Sequence[float] = CLIP_MEAN,
+                           std: Sequence[float] = CLIP_STD) -> dict:
     """preprocessor_config.json of a CLIPImageProcessor doing `eval_transform` + `clip_preprocess` at
-    `image_size`. Written as JSON rather than through the class: transformers 5 without torchvision
-    prints a fallback warning on every reach for `CLIPImageProcessor`, and the file is the same."""
+    `image_size` (another `mean`/`std`: a converted model's own, e.g. an open_clip checkpoint's). Written as
+    JSON rather than through the class: transformers 5 without torchvision prints a fallback warning on
+    every reach for `CLIPImageProcessor`, and the file is the same."""
     return {
         "image_processor_type": "CLIPImageProcessor",
         "do_resize": True, "size": {"shortest_edge": image_size}, "resample": _PIL_BICUBIC,
         "do_center_crop": True, "crop_size": {"height": image_size, "width": image_size},
         "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
-        "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "do_convert_rgb": True,
+        "image_mean": [float(m) for m in mean], "image_std": [float(s) for s in std], "do_convert_rgb": True,
     }
 
 
@@ -68,17 +71,21 @@ def export_tokenizer(tokenizer, config: CLIPConfig):
     return exported
 
 
-def save_processor(config: CLIPConfig, tokenizer, out_dir: str) -> None:
-    """Write the tokenizer (`export_tokenizer`) and `preprocessor_config.json` into `out_dir`.
+def save_processor(config: CLIPConfig, tokenizer, out_dir: str, *, mean: Sequence[float] = CLIP_MEAN,
+                   std: Sequence[float] = CLIP_STD) -> None:
+    """Write the tokenizer (`export_tokenizer`; none when `tokenizer` is None) and `preprocessor_config.json`
+    (normalising with `mean`/`std`) into `out_dir`.
 
     The tokenizer keeps its own class: a raylpclip BPE is a plain fast tokenizer (its normaliser and
     byte-level pre-tokeniser live in tokenizer.json), and naming it CLIPTokenizer would make
     transformers 5 rebuild OpenAI's pipeline over its vocabulary and encode other ids. CLIPProcessor
     (transformers 4.57 and 5) takes any tokenizer; OpenAI's BPE rebuilt offline is a CLIPTokenizer already.
     """
-    export_tokenizer(tokenizer, config).save_pretrained(out_dir)
-    _portable_tokenizer_config(out_dir)
-    _write_json(os.path.join(out_dir, IMAGE_PROCESSOR_FILE), image_processor_config(int(config.vision_config.image_size)))
+    if tokenizer is not None:
+        export_tokenizer(tokenizer, config).save_pretrained(out_dir)
+        _portable_tokenizer_config(out_dir)
+    _write_json(os.path.join(out_dir, IMAGE_PROCESSOR_FILE),
+                image_processor_config(int(config.vision_config.image_size), mean=mean, std=std))
 
 
 def _portable_tokenizer_config(out_dir: str) -> None:

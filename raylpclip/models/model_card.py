@@ -136,8 +136,13 @@ def _training(cfg: PretrainConfig, summary: dict) -> str:
                        else "the model's logit scale")
         lines.append(f"- method: PSD, soft targets weighted by a_t rising to a_max {psd.a_max:g} ({psd.ramp} ramp), on "
                      f"{psd.subset_fraction:g} of each worker's batch, {teacher}, teacher temperature {temperature}")
-    else:
+    elif cfg.loss.kind == "clip":
         lines.append("- method: plain CLIP (symmetric InfoNCE over the gathered batch; `psd.a_max=0`)")
+    if cfg.loss.kind == "siglip":
+        soft = " with PSD's soft binary targets" if psd.a_max > 0 else " (`psd.a_max=0`)"
+        lines.append(f"- loss: SigLIP's pairwise sigmoid loss{soft}, other workers' texts reached by "
+                     f"`{cfg.loss.siglip_dist}`; its learnable logit bias, {_num(summary.get('logit_bias'), 2)} at "
+                     "the end, is in config.json as `logit_bias` (CLIPModel has no weight for it)")
     lines.append(f"- at the end: loss {_num(summary.get('loss'))}, logit scale {_num(summary.get('logit_scale'), 2)}, "
                  f"{_num(summary.get('samples_per_s'), 0)} samples/s, {_num(summary.get('wall_s'), 0)} s wall")
     return "\n".join(lines)
@@ -148,13 +153,25 @@ def _model(cfg: PretrainConfig, config: dict, params: int | None) -> str:
     origin = f"initialised from `{cfg.model.pretrained}`" if cfg.model.pretrained else f"preset `{cfg.model.preset}`"
     overrides = f", overrides {json.dumps(cfg.model.overrides, sort_keys=True)}" if cfg.model.overrides else ""
     return "\n".join([
-        "## Model", "", f"`CLIPModel`, {origin}{overrides}; {_count(params, 'parameters')}.", "",
+        "## Model", "", f"`CLIPModel`, {origin}{overrides}; {_count(params, 'parameters')}. {_weights(cfg)}", "",
         "| tower | layers | width | heads | MLP | input |", "|---|---|---|---|---|---|",
         (f"| vision | {vision['num_hidden_layers']} | {vision['hidden_size']} | {vision['num_attention_heads']} | "
         f"{vision['intermediate_size']} | {vision['image_size']}px in {vision['patch_size']}px patches |"),
         (f"| text | {text['num_hidden_layers']} | {text['hidden_size']} | {text['num_attention_heads']} | "
         f"{text['intermediate_size']} | {text['max_position_embeddings']} tokens, vocabulary {text['vocab_size']} |"),
         "", f"Both project to {config['projection_dim']} dimensions."])
+
+
+def _weights(cfg: PretrainConfig) -> str:
+    """Which weights the directory holds (export.weights)."""
+    decay = cfg.train.ema_decay
+    if cfg.export.weights == "ema":
+        return (f"Its weights are the exponential moving average of the training weights (decay {decay:g}, "
+                "`export.weights=ema`), not the last step's raw weights.")
+    if decay > 0:
+        return (f"Its weights are the last step's raw weights (`export.weights=raw`); the run also kept their EMA "
+                f"(decay {decay:g}), evaluated under Results.")
+    return "Its weights are the last training step's."
 
 
 def _results(cfg: PretrainConfig, summary: dict, classnames: Sequence[str]) -> str:
@@ -164,7 +181,12 @@ def _results(cfg: PretrainConfig, summary: dict, classnames: Sequence[str]) -> s
         lines += ["| metric | value |", "|---|---|",
                   f"| zero-shot top-1 accuracy | {_num(summary['acc1'])} (chance {_num(chance)}) |",
                   f"| zero-shot top-5 accuracy | {_num(summary.get('acc5'))} |",
-                  f"| mean per-class recall | {_num(summary.get('mean_per_class_recall'))} |", "",
+                  f"| mean per-class recall | {_num(summary.get('mean_per_class_recall'))} |"]
+        if summary.get("ema_acc1") is not None:
+            lines += [f"| zero-shot top-1 accuracy, EMA weights | {_num(summary['ema_acc1'])} |",
+                      f"| zero-shot top-5 accuracy, EMA weights | {_num(summary.get('ema_acc5'))} |",
+                      f"| mean per-class recall, EMA weights | {_num(summary.get('ema_mean_per_class_recall'))} |"]
+        lines += ["",
                   f"Class embeddings average {len(cfg.eval.templates)} prompt template(s): "
                   + ", ".join(f'"{t}"' for t in cfg.eval.templates) + ".", "",
                   f"Classes: {_listed(classnames)}."]
@@ -173,9 +195,11 @@ def _results(cfg: PretrainConfig, summary: dict, classnames: Sequence[str]) -> s
                            "scores are not those of this eval's template-averaged classifier.")]
     elif summary.get("image_retrieval_recall@1") is not None:
         lines += ["| recall | @1 | @5 | @10 |", "|---|---|---|---|"]
-        for side in ("image", "text"):
-            lines.append(f"| {side} retrieval | " + " | ".join(
-                _num(summary.get(f"{side}_retrieval_recall@{k}")) for k in _RECALL_KS) + " |")
+        ema = ("", ", EMA weights") if summary.get("ema_image_retrieval_recall@1") is not None else ("",)
+        for prefix, label in zip(("", "ema_"), ema):
+            for side in ("image", "text"):
+                lines.append(f"| {side} retrieval{label} | " + " | ".join(
+                    _num(summary.get(f"{prefix}{side}_retrieval_recall@{k}")) for k in _RECALL_KS) + " |")
     else:
         lines.append("No eval results (no eval set was configured, or the last report held none).")
     return "\n".join(lines)

@@ -58,8 +58,13 @@ BAD_VALUES = [
     (["train.num_workers=4", "train.min_workers=3", "train.batch_size=64"], "train.batch_size",
      "not divisible by 3 workers (train.min_workers)"),
     ("train.batch_size=2", "train.batch_size", "contrastive losses need >= 2"),
+    ("train.ema_decay=1", "train.ema_decay", "expected in [0, 1) (0: no EMA weights)"),
+    ("export.weights=best", "export.weights", "expected one of ['raw', 'ema']"),
+    ("export.weights=ema", "export.weights", "set train.ema_decay > 0"),
     ("eval.templates=[]", "eval.templates", "expected at least one template"),
     ("eval.templates=['a photo']", "eval.templates", "needs a '{}'"),
+    ("loss.kind=sigmoid", "loss.kind", "expected one of ['clip', 'siglip']"),
+    ("loss.siglip_dist=ring", "loss.siglip_dist", "set loss.kind=siglip"),
     ("ray.num_cpus=0", "ray.num_cpus", "expected >= 1"),
     ("name=a/b", "name", "expected a plain directory name"),
     # wrong types and unknown keys (OmegaConf's structured mode, worded by config._describe)

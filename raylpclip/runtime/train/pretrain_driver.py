@@ -17,11 +17,10 @@ from raylpclip.data.metadata import label_names, sample_captions
 from raylpclip.data.shard_files import resolve_shards
 from raylpclip.data.storage import configure_s3
 from raylpclip.engine.checkpoint_choice import preflight
-from raylpclip.engine.checkpoint_state import load_state, verify_state
+from raylpclip.engine.checkpoint_state import verify_state
+from raylpclip.engine.model_export import export_checkpoint_model
 from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
-from raylpclip.models.clip import export_clip
 from raylpclip.models.model_card import write_model_card
-from raylpclip.models.tower_factory import build_tower
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.train.pretrain_worker import PretrainWorkerArgs, pretrain_worker
@@ -31,8 +30,9 @@ from raylpclip.runtime.train.worker_setup import progress
 from raylpclip.runtime.train.worker_trace import TRACE_ENV
 from raylpclip.summary import write_summary
 
-SUMMARY_KEYS = ("acc1", "acc5", "mean_per_class_recall", "loss", "logit_scale", "psd_alpha", "step",
-                "samples_seen", "data_wait_fraction", "eval_samples", "epoch", "eval_images", "eval_texts")
+SUMMARY_KEYS = ("acc1", "acc5", "mean_per_class_recall", "loss", "logit_scale", "logit_bias", "psd_alpha", "step",
+                "samples_seen", "data_wait_fraction", "eval_samples", "epoch", "eval_images", "eval_texts",
+                "ema_acc1", "ema_acc5", "ema_mean_per_class_recall")
 
 
 def prepare_tokenizer(cfg: PretrainConfig, data: TrainData):
@@ -112,15 +112,10 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
 
 
 def export_checkpoint(cfg: PretrainConfig, checkpoint, *, tokenizer, out_dir: Path) -> Path:
-    """Save the checkpoint's model with save_pretrained, its tokenizer and image processor beside it, so
-    that CLIPModel, CLIPProcessor, AutoModel/AutoProcessor and the zero-shot-image-classification
-    pipeline all load out_dir."""
+    """Save the checkpoint's model, raw or EMA weights as export.weights says, with save_pretrained, its
+    tokenizer and image processor beside it (engine/model_export.py)."""
     with checkpoint.as_directory() as directory:
-        state = load_state(directory)
-    tower = build_tower(cfg.model, tokenizer=tokenizer)
-    tower.load_state_dict(state["task"]["model"])
-    export_clip(tower.clip, str(out_dir), tokenizer=tokenizer)
-    return out_dir
+        return export_checkpoint_model(cfg, directory, tokenizer=tokenizer, out_dir=out_dir)
 
 
 def report(cfg: PretrainConfig, result, resolved: Resolved, *, counter, storage_counter, start: float) -> dict:
@@ -136,6 +131,8 @@ def report(cfg: PretrainConfig, result, resolved: Resolved, *, counter, storage_
         wall_s=time.perf_counter() - start,
         run_dir=str(cfg.run_dir.resolve()),
         model_dir=str(model_dir.resolve()),
+        exported_weights=cfg.export.weights,  # raw | ema: which weights model_dir holds
+        ema_decay=cfg.train.ema_decay,
         checkpoint=checkpoint.path,
         chance_acc1=1.0 / len(classnames) if classnames else None,
         train_samples=resolved.data.samples,

@@ -49,7 +49,15 @@ class PretrainHooks(WorkerHooks):
         self.tokenizer, self.classnames = tokenizer, classnames
 
     def evaluate(self, *, final: bool) -> dict:
-        tower, precision = unwrap(self.task.model), self.cfg.train.precision
+        metrics = self.evaluate_tower(unwrap(self.task.model))
+        ema = self.task.weights_ema
+        if ema is not None:  # the EMA weights on the same eval set, their figures named ema_<figure>
+            counts = ("eval_samples", "eval_images", "eval_texts")
+            metrics.update({f"ema_{k}": v for k, v in self.evaluate_tower(ema.module).items() if k not in counts})
+        return metrics
+
+    def evaluate_tower(self, tower) -> dict:
+        precision = self.cfg.train.precision
         shard = ray.train.get_dataset_shard("eval")
         metrics = {}
         if not self.classnames or self.cfg.eval.retrieval:
@@ -63,15 +71,21 @@ class PretrainHooks(WorkerHooks):
         return metrics
 
     def line(self, state: LoopState, m: dict) -> str:
+        bias = f"bias {m['logit_bias']:.2f} " if "logit_bias" in m else ""  # SigLIP's (loss.kind=siglip)
         return (f"[raylpclip] step {state.step}/{self.cfg.train.steps} loss {m.get('loss', float('nan')):.4f} "
-                f"a_t {m.get('psd_alpha', 0):.3f} scale {m.get('logit_scale', 0):.1f} lr {m.get('lr', 0):.2e} "
+                f"a_t {m.get('psd_alpha', 0):.3f} scale {m.get('logit_scale', 0):.1f} {bias}lr {m.get('lr', 0):.2e} "
                 f"{m.get('samples_per_s', 0):.0f} samples/s data-wait {100 * m.get('data_wait_fraction', 0):.1f}%")
 
     def results(self, m: dict) -> str:
         line = f" | zero-shot acc1 {m['acc1']:.3f} acc5 {m['acc5']:.3f}" if "acc1" in m else ""
+        if "ema_acc1" in m:
+            line += f" ema_acc1 {m['ema_acc1']:.3f} ema_acc5 {m['ema_acc5']:.3f}"
         if "image_retrieval_recall@5" in m:
             line += (f" | retrieval R@5 image {m['image_retrieval_recall@5']:.3f} "
                      f"text {m['text_retrieval_recall@5']:.3f}")
+        if "ema_image_retrieval_recall@5" in m:
+            line += (f" ema image {m['ema_image_retrieval_recall@5']:.3f} "
+                     f"text {m['ema_text_retrieval_recall@5']:.3f}")
         return line
 
 
