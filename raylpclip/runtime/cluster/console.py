@@ -27,12 +27,25 @@ def verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0", "false", "False")
 
 
+# Ray's notices that raylpclip says itself, shorter (the session line), or that say nothing to a user:
+# the token-authentication notice at every start, and the raylet's note that workers started in a burst
+# (a Ray Data actor pool and a Train worker group start together by design).
+_TOKEN_NOTICE = "Token authentication is enabled"
+_RAYLET_CHATTER = re.compile(r"PYTHON worker processes have been started on node")
+
+
+def _not_token_notice(record: logging.LogRecord) -> bool:
+    return _TOKEN_NOTICE not in record.getMessage()
+
+
 def quiet_driver() -> None:
-    """Before ray.init: the driver's own Ray loggers at ERROR (the token-authentication notice and
-    "Started a local Ray instance" are said once, shorter, by raylpclip), no Hugging Face progress bars."""
+    """Before ray.init: no token-authentication notice (said once, shorter, by raylpclip), no Hugging Face
+    progress bars. ray.init sets the driver's "ray" logger to its `logging_level` (`init_logging_level`)."""
     if verbose():
         return
-    logging.getLogger("ray").setLevel(logging.ERROR)
+    notice = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if _not_token_notice not in notice.filters:
+        notice.addFilter(_not_token_notice)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         from transformers.utils import logging as hf_logging
@@ -40,6 +53,12 @@ def quiet_driver() -> None:
         hf_logging.disable_progress_bar()
     except ImportError:  # transformers is a dependency; without it there is nothing to quieten
         pass
+
+
+def init_logging_level() -> int:
+    """ray.init's `logging_level` for the driver: warnings and errors (a task that cannot be scheduled,
+    a node lost) but not its INFO lines ("Started a local Ray instance", said by the session line)."""
+    return logging.INFO if verbose() else logging.WARNING
 
 
 def kept_lines(lines: list[str]) -> list[str]:
@@ -56,18 +75,32 @@ def kept_lines(lines: list[str]) -> list[str]:
 
 def _print_filtered(data: dict[str, Any]) -> None:
     sink = sys.stderr if data.get("is_err") else sys.stdout
-    if data.get("pid") in ("raylet", "autoscaler"):
+    if data.get("pid") == "autoscaler":
         return
     for line in kept_lines(list(data.get("lines", []))):
         print(line, file=sink, flush=True)
 
 
+def _raylet_messages(original):
+    """Ray's driver prints the raylet's messages (worker-pool bursts, but also a task killed for memory)
+    through `print_to_stdstream`, not the dispatcher: keep the real ones, drop the burst notes."""
+    def print_kept(data: dict[str, Any], ignore_prefix: bool = False) -> None:
+        if data.get("pid") == "raylet" and all(_RAYLET_CHATTER.search(line) for line in data.get("lines", [])):
+            return
+        original(data, ignore_prefix=ignore_prefix)
+
+    print_kept.raylpclip = True
+    return print_kept
+
+
 def install_filter() -> bool:
-    """After ray.init: replace the driver's printing of worker output by `_print_filtered`. False (and
-    Ray's own printing kept) on a Ray without that handler, or in verbose mode."""
+    """After ray.init: replace the driver's printing of worker output by `_print_filtered`, and drop the
+    raylet's burst notes. False (and Ray's own printing kept) on a Ray without that handler, or in
+    verbose mode."""
     if verbose():
         return False
     try:
+        from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
     except ImportError:
         return False
@@ -75,6 +108,9 @@ def install_filter() -> bool:
         return False
     dispatcher.remove_handler(HANDLER)
     dispatcher.add_handler(HANDLER, _print_filtered)
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is not None and not getattr(original, "raylpclip", False):
+        ray_worker.print_to_stdstream = _raylet_messages(original)
     return True
 
 

@@ -31,7 +31,8 @@ def ensure_ray(cfg: RayConfig) -> None:
     console.quiet_driver()
     if address:
         with loopback_node():  # a 127.0.0.1 address stays loopback (the instance listens there only)
-            context = ray.init(address=address, log_to_driver=True, runtime_env=JOB_RUNTIME_ENV)
+            context = ray.init(address=address, log_to_driver=True, runtime_env=JOB_RUNTIME_ENV,
+                               logging_level=console.init_logging_level())
         _started(context)
         return
     for attempt in range(1, START_ATTEMPTS + 1):
@@ -48,6 +49,7 @@ def ensure_ray(cfg: RayConfig) -> None:
                     dashboard_host="127.0.0.1",
                     dashboard_port=dashboard_port(),
                     log_to_driver=True,
+                    logging_level=console.init_logging_level(),
                     runtime_env=JOB_RUNTIME_ENV,
                     object_store_memory=int(cfg.object_store_gb * 2**30) or None,
                 )
