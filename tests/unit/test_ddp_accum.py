@@ -5,18 +5,17 @@ not once per micro-step, and two workers x two micro-steps give the single-proce
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raylpclip.config import OptimConfig, TrainConfig
 from raylpclip.distributed import ddp_kwargs
 from raylpclip.engine.loop import LoopState, run_loop
+from tests.unit.rank_spawning import spawn_ranks
 
 WORLD, STEPS, ACCUM, GLOBAL = 2, 3, 2, 8
 
@@ -80,17 +79,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD, tmp_path_factory.mktemp("ddp"))
 
 
 def test_one_all_reduce_per_optimizer_step(ranks):

@@ -8,17 +8,16 @@ losses is the single-process loss on the global batch, and the all-gather backwa
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from raylpclip import distributed as rd
 from raylpclip.losses import clip_loss, psd_loss
 from raylpclip.losses.contrastive import gather_features, local_logits
+from tests.unit.rank_spawning import spawn_ranks
 
 WORLD_SIZE, N, D = 2, 8, 4
 
@@ -51,12 +50,6 @@ def test_helpers_are_identity_when_not_initialised():
 
 
 # ---- two gloo workers -------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch() -> dict[str, torch.Tensor]:
@@ -120,19 +113,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_workers(tmp_path_factory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("dist")
-    # One retry on a fresh port: the port is free when chosen but rank 0 binds it later, and in the full
-    # suite other processes (the shared Ray instance's) open ports meanwhile. A fresh-clone run of the
-    # suite once saw rank 0 abort here ("terminate called without an active exception") while the
-    # module alone passed 6 runs of 6. A second failure fails the tests.
-    for attempt in (1, 2):
-        try:
-            mp.spawn(_worker, args=(WORLD_SIZE, _free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-            break
-        except mp.ProcessExitedException:
-            if attempt == 2:
-                raise
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    return spawn_ranks(_worker, WORLD_SIZE, tmp_path_factory.mktemp("dist"), leading=(WORLD_SIZE,))
 
 
 def test_workers_see_the_group_and_reduce(two_workers):

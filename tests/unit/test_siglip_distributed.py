@@ -10,25 +10,18 @@ single-process gradient of its own features; the replicated scale and bias get t
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from raylpclip import distributed as rd
 from raylpclip.losses import psd_siglip_loss, siglip_loss
+from tests.unit.rank_spawning import spawn_ranks
 
 WORLD_SIZE, N, D = 3, 12, 5
 CASES = ("siglip", "psd", "psd_teacher")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _global_batch() -> dict[str, torch.Tensor]:
@@ -84,16 +77,7 @@ def _worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def workers(tmp_path_factory) -> list[dict]:
-    out_dir = tmp_path_factory.mktemp("siglip_dist")
-    # One retry on a fresh port, as test_distributed.py: the port is free when chosen, bound later.
-    for attempt in (1, 2):
-        try:
-            mp.spawn(_worker, args=(WORLD_SIZE, _free_port(), str(out_dir)), nprocs=WORLD_SIZE, join=True)
-            break
-        except mp.ProcessExitedException:
-            if attempt == 2:
-                raise
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
+    return spawn_ranks(_worker, WORLD_SIZE, tmp_path_factory.mktemp("siglip_dist"), leading=(WORLD_SIZE,))
 
 
 def test_the_ring_brings_every_ranks_chunk_once_own_first(workers):

@@ -5,13 +5,11 @@ under DDP as Ray Train builds it), DDP's gradient buckets without them, and the 
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from raylpclip.config import ConfigError, ModelConfig, OptimConfig, PretrainConfig, PSDConfig, TrainConfig, load_config
@@ -22,6 +20,7 @@ from raylpclip.engine.pretrain_task import PretrainTask
 from raylpclip.engine.training_setup import build_training
 from raylpclip.models.clip import ClipTower, build_clip
 from raylpclip.models.tower_lock import lock_tower, lock_towers
+from tests.unit.rank_spawning import spawn_ranks
 
 TINY = {"vision.image_size": 16, "vision.patch_size": 8, "vision.hidden_size": 32, "vision.num_hidden_layers": 2,
         "vision.num_attention_heads": 2, "vision.intermediate_size": 64, "text.hidden_size": 32,
@@ -162,17 +161,10 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    out = tmp_path_factory.mktemp("ddp_lock")
-    mp.spawn(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True)
-    return [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
+    return spawn_ranks(_worker, WORLD, tmp_path_factory.mktemp("ddp_lock"))
 
 
 def test_ddp_buckets_hold_only_trainable_parameters(ranks):
