@@ -153,6 +153,15 @@ def _check_train(t: TrainConfig, key: str) -> None:
     require(0.0 <= t.ema_decay < 1.0, f"{key}.ema_decay", f"got {t.ema_decay}, expected in [0, 1) (0: no EMA weights)")
     require(t.patch_dropout_until_step >= 0, f"{key}.patch_dropout_until_step",
             f"got {t.patch_dropout_until_step}, expected >= 0 (0: patch dropout on every step)")
+    choice(t.parallelism, f"{key}.parallelism", ("ddp", "fsdp"))
+    require(t.peak_tflops >= 0, f"{key}.peak_tflops", f"got {t.peak_tflops}, expected >= 0 (0: look up the GPU)")
+    # torch.compile of a whole tower would trace across FSDP2's per-block gathers; compile-with-fsdp needs
+    # per-block compilation, which raylpclip does not do yet.
+    require(t.parallelism != "fsdp" or not t.compile, f"{key}.compile",
+            "train.compile=true cannot combine with train.parallelism=fsdp; set one of them off")
+    require(t.parallelism == "fsdp" or not (t.fsdp_cpu_offload or not t.fsdp_reshard_after_forward),
+            f"{key}.fsdp_cpu_offload", "train.fsdp_cpu_offload and train.fsdp_reshard_after_forward apply to "
+            "train.parallelism=fsdp only; set train.parallelism=fsdp or leave them at their defaults")
 
 
 def check_batch_split(t: TrainConfig, o: OptimConfig) -> None:

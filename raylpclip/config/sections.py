@@ -167,6 +167,13 @@ class TrainConfig:
     # beside the raw weights (ema_* metrics), checkpointed, exportable (export.weights=ema). 0: off.
     ema_decay: float = 0.0
     patch_dropout_until_step: int = 0  # > 0: model.patch_dropout off from this step on (unmasked tuning); 0: all steps
+    # ddp: every worker holds the whole model, gradients and AdamW state. fsdp: FSDP2 shards them over the workers
+    # (each transformer block, then the rest), checkpoints become sharded (torch.distributed.checkpoint): README,
+    # "Sharded training".
+    parallelism: str = "ddp"  # ddp | fsdp
+    fsdp_reshard_after_forward: bool = True  # True: ZeRO-3 (least memory); False: ZeRO-2 (no re-gather in backward)
+    fsdp_cpu_offload: bool = False  # fsdp: parameters, gradients and AdamW state live in host memory between uses
+    peak_tflops: float = 0.0  # the accelerator's dense peak for `mfu`; 0: looked up by GPU name (none on CPU)
 
 
 @dataclass

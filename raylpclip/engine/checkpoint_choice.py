@@ -21,7 +21,7 @@ from typing import Callable
 
 import pyarrow.fs as pafs
 
-from raylpclip.engine.checkpoint_state import MANIFEST_FILE, META_FILE, STATE_FILE, CheckpointError
+from raylpclip.engine.checkpoint_state import MANIFEST_FILE, META_FILE, STATE_FILE, CheckpointError, manifest_files
 
 CHECKPOINT_PREFIX = "checkpoint_"
 
@@ -55,10 +55,10 @@ def inspect(fs: pafs.FileSystem, directory: str) -> Found:
         return Found(directory, step, f"no {STATE_FILE}")
     if MANIFEST_FILE not in sizes:
         return Found(directory, step, None)  # written before manifests: loading is the test
-    manifest = _read_json(fs, posixpath.join(directory, MANIFEST_FILE))
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
-        return Found(directory, step, f"unreadable {MANIFEST_FILE}")
-    for name, rec in sorted(manifest["files"].items()):
+    files = manifest_files(lambda name: _read_json(fs, posixpath.join(directory, name)))
+    if isinstance(files, str):
+        return Found(directory, step, files)
+    for name, rec in sorted(files.items()):
         if name not in sizes:
             return Found(directory, step, f"{name} is missing")
         if sizes[name] != rec.get("bytes"):

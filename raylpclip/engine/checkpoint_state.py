@@ -17,13 +17,14 @@ import json
 import os
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 MANIFEST_FILE = "manifest.json"
+RANK_MANIFEST = "manifest.rank{}.json"  # a sharded checkpoint: rank r's own files (r >= 1)
 _CHUNK = 1 << 22
 
 
@@ -50,9 +51,12 @@ def file_digest(path: str | Path) -> str:
 
 
 def save_state(ckpt_dir: str | Path, *, state: dict[str, Any], meta: dict[str, Any],
-               extra: dict[str, bytes] | None = None) -> Path:
+               extra: dict[str, bytes] | None = None, written: list[str] = (), ranks: int = 1) -> Path:
     """Write `state` (state_dicts, counters, RNG tensors), a JSON `meta` and `extra` files (name ->
-    bytes, e.g. the data stream position) into `ckpt_dir`, then the manifest that commits them."""
+    bytes, e.g. the data stream position) into `ckpt_dir`, then the manifest that commits them.
+
+    A sharded checkpoint (parallel/sharded_checkpoint.py): `written` names the files already there (rank 0's
+    shards and index), `ranks` the ranks whose manifests (`save_rank_manifest`) must be beside this one."""
     ckpt_dir = Path(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     # Temp name + rename: a crash mid-write never leaves a truncated state.pt under its final name.
@@ -64,11 +68,37 @@ def save_state(ckpt_dir: str | Path, *, state: dict[str, Any], meta: dict[str, A
         if "/" in name or name in (STATE_FILE, META_FILE, MANIFEST_FILE) or name.startswith("."):
             raise ValueError(f"extra checkpoint file name {name!r}: expected a plain new file name")
         _atomic_write(ckpt_dir / name, data)
-    names = [STATE_FILE, META_FILE, *(extra or {})]
-    manifest = {name: {"bytes": (ckpt_dir / name).stat().st_size, "sha256": file_digest(ckpt_dir / name)}
-                for name in names}
-    _atomic_write(ckpt_dir / MANIFEST_FILE, json.dumps({"files": manifest}, indent=2, sort_keys=True).encode())
+    _write_manifest(ckpt_dir / MANIFEST_FILE, ckpt_dir, [STATE_FILE, META_FILE, *(extra or {}), *written],
+                    **({"ranks": ranks} if ranks > 1 else {}))
     return ckpt_dir
+
+
+def save_rank_manifest(ckpt_dir: str | Path, rank: int, written: list[str]) -> None:
+    """Rank `rank`'s part of a sharded checkpoint: the manifest of the shard files it wrote into `ckpt_dir`."""
+    _write_manifest(Path(ckpt_dir) / RANK_MANIFEST.format(rank), Path(ckpt_dir), written)
+
+
+def _write_manifest(path: Path, ckpt_dir: Path, names: list[str], **fields) -> None:
+    files = {name: {"bytes": (ckpt_dir / name).stat().st_size, "sha256": file_digest(ckpt_dir / name)}
+             for name in names}
+    _atomic_write(path, json.dumps({"files": files, **fields}, indent=2, sort_keys=True).encode())
+
+
+def manifest_files(read_json: Callable[[str], Any]) -> dict | str:
+    """Every file a checkpoint's manifests list (name -> {bytes, sha256}), or why they cannot be read.
+    `read_json(name)`: a file of the checkpoint directory as JSON, None when missing or unreadable. A sharded
+    checkpoint's manifest names how many ranks wrote it; each rank's manifest must be there too (a rank's
+    upload that never finished leaves it out)."""
+    manifest = read_json(MANIFEST_FILE)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return f"unreadable {MANIFEST_FILE}"
+    files = dict(manifest["files"])
+    for rank in range(1, int(manifest.get("ranks", 1))):
+        part = read_json(RANK_MANIFEST.format(rank))
+        if not isinstance(part, dict) or not isinstance(part.get("files"), dict):
+            return f"{RANK_MANIFEST.format(rank)} (rank {rank}'s shards) is missing or unreadable"
+        files.update(part["files"])
+    return files
 
 
 def check_checkpoint(ckpt_dir: str | Path, *, digests: bool = True) -> str | None:
@@ -83,10 +113,9 @@ def check_checkpoint(ckpt_dir: str | Path, *, digests: bool = True) -> str | Non
     if not manifest_path.is_file():
         # A truncated state.pt still fails in torch.load: its zip directory sits at the end.
         return None if (ckpt_dir / STATE_FILE).is_file() else f"no {STATE_FILE}"
-    try:
-        files = json.loads(manifest_path.read_text())["files"]
-    except (ValueError, KeyError, TypeError) as exc:
-        return f"unreadable {MANIFEST_FILE} ({exc})"
+    files = manifest_files(lambda name: _json_or_none(ckpt_dir / name))
+    if isinstance(files, str):
+        return files
     for name, rec in sorted(files.items()):
         path = ckpt_dir / name
         if not path.is_file():
@@ -99,8 +128,17 @@ def check_checkpoint(ckpt_dir: str | Path, *, digests: bool = True) -> str | Non
     return None
 
 
+def _json_or_none(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
-    """The state saved by `save_state`, checked against the manifest, loaded with weights_only=True."""
+    """The state saved by `save_state`, checked against the manifest, loaded with weights_only=True. A sharded
+    checkpoint's comes whole, into this one process: its tensors from the shards, the optimizer's state keyed
+    by parameter name (parallel/sharded_checkpoint.py)."""
     path = Path(ckpt_dir) / STATE_FILE
     if not path.is_file():
         raise CheckpointMissing(f"checkpoint {ckpt_dir} has no {STATE_FILE}")
@@ -108,10 +146,17 @@ def load_state(ckpt_dir: str | Path) -> dict[str, Any]:
     if problem:
         raise CheckpointError(f"checkpoint {ckpt_dir} cannot be used: {problem}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated, foreign or pickled files
         raise CheckpointError(f"checkpoint {path} cannot be loaded safely (weights_only=True): "
                               f"{_first_reason(exc)}") from None
+    if state.get("sharded"):
+        from raylpclip.parallel.sharded_checkpoint import load_whole  # torch.distributed: only when sharded
+
+        whole = load_whole(ckpt_dir)
+        state["task"] = whole["task"]
+        state["optimizer"] = {"state": whole["optimizer"], "param_groups": state.pop("optimizer_param_groups")}
+    return state
 
 
 def verify_state(ckpt_dir: str | Path) -> None:

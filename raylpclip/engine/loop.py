@@ -14,6 +14,7 @@ from typing import Iterator, Protocol
 import torch
 
 from raylpclip.config import OptimConfig, TrainConfig
+from raylpclip.parallel.fsdp_sharding import is_sharded, local_tensor, set_gradient_sync
 
 
 @dataclass
@@ -65,10 +66,14 @@ def autocast(precision: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def _no_sync(model: torch.nn.Module, skip_sync: bool):
+def _no_sync(model: torch.nn.Module, skip_sync: bool, train: TrainConfig):
     """Under accumulation only the last micro-step all-reduces gradients (DDP's no_sync). DDP decides in
     the forward whether the coming backward syncs, so the context must cover the forward; the backward
-    may run after it exits (tests/unit/test_memory.py counts the all-reduces)."""
+    may run after it exits (tests/unit/test_memory.py counts the all-reduces). A sharded model skips its
+    reduce-scatters the same way with ZeRO-2 only (parallel/fsdp_sharding.set_gradient_sync says why)."""
+    if is_sharded(model):
+        set_gradient_sync(model, not (skip_sync and not train.fsdp_reshard_after_forward))
+        return contextlib.nullcontext()
     return model.no_sync() if skip_sync and hasattr(model, "no_sync") else contextlib.nullcontext()
 
 
@@ -129,7 +134,7 @@ def _one_step(task, optimizer, batches, params, step, train, optim, device, chec
             raise RuntimeError(f"the data stream ended at step {step}; it must yield batches until train.steps") from None
         waited += time.perf_counter() - t0
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        with _no_sync(task.model, micro < optim.accum_steps - 1), autocast(train.precision, device):
+        with _no_sync(task.model, micro < optim.accum_steps - 1, train), autocast(train.precision, device):
             out = task.losses(batch, step=step)
             loss = sum(v for k, v in out.items() if k.endswith("_loss"))
         (loss / optim.accum_steps).backward()
@@ -140,7 +145,8 @@ def _one_step(task, optimizer, batches, params, step, train, optim, device, chec
         # Stop before the optimizer writes NaN into the weights (and into the next checkpoint).
         raise FloatingPointError(f"non-finite loss {float(sums['loss'])} at step {step}")
     if optim.grad_clip > 0:
-        sums["grad_norm"] = torch.nn.utils.clip_grad_norm_(params, optim.grad_clip)
+        # Of sharded gradients the norm is a sharded value too; the metric is its whole value.
+        sums["grad_norm"] = local_tensor(torch.nn.utils.clip_grad_norm_(params, optim.grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return sums, waited

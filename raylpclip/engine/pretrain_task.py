@@ -29,7 +29,8 @@ class PretrainTask:
     """
 
     def __init__(self, model: torch.nn.Module, *, psd: PSDConfig, total_steps: int, seed: int, rank: int,
-                 ema_decay: float = 0.0, loss: LossConfig | None = None, patch_dropout_until_step: int = 0):
+                 ema_decay: float = 0.0, loss: LossConfig | None = None, patch_dropout_until_step: int = 0,
+                 copy_model=None):
         self.model = model
         self.patch_dropout_until_step = patch_dropout_until_step  # > 0: model.patch_dropout ends at this step
         self.psd = psd
@@ -37,14 +38,15 @@ class PretrainTask:
         self.total_steps = total_steps
         # The teacher costs nothing by default (stop-grad of the student's own logits); the EMA
         # teacher costs one extra no-grad forward per step.
-        self.ema = ModelEMA(unwrap(model), decay=psd.ema_decay) if psd.teacher == "ema" else None
+        # `copy_model`: makes the EMA copies where the model cannot be copied (a sharded one: engine/training_setup.py).
+        self.ema = ModelEMA(unwrap(model), decay=psd.ema_decay, copy=copy_model) if psd.teacher == "ema" else None
         # The EMA weights (ema_decay > 0: evaluated beside the raw ones, exportable). With the EMA teacher at
         # the same decay they are the same average, updated by the same step: one copy serves both (one
         # model's memory and one update per step fewer); at another decay they are two copies.
         self.weights_ema = None
         if ema_decay > 0:
             same = self.ema is not None and self.ema.decay == ema_decay
-            self.weights_ema = self.ema if same else ModelEMA(unwrap(model), decay=ema_decay)
+            self.weights_ema = self.ema if same else ModelEMA(unwrap(model), decay=ema_decay, copy=copy_model)
         # Per-rank generator: each worker draws its own soft subset, reproducibly across restarts.
         self.generator = torch.Generator().manual_seed(seed * 1000 + rank)
 

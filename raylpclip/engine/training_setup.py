@@ -2,11 +2,13 @@
 
 One builder for the Ray worker (runtime/train/pretrain_worker.py), the train benchmark's plain loop and
 tests, so that "the same model and step" means the same code. Pure torch: the caller passes `wrap`
-(Ray Train's DDP `prepare_model`) when it trains distributed.
+(Ray Train's DDP `prepare_model`) when it trains distributed with DDP; train.parallelism=fsdp shards here
+(parallel/fsdp_sharding.py), in the process group the caller started.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from raylpclip.models.clip import ClipTower
 from raylpclip.models.patch_dropout import set_patch_dropout
 from raylpclip.models.tower_factory import build_tower
 from raylpclip.models.tower_lock import lock_towers
+from raylpclip.parallel.fsdp_sharding import FsdpSettings, shard_tower
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +76,34 @@ def build_training(cfg: PretrainConfig, *, tokenizer, rank: int, device: torch.d
     # The weights are made, identical on every rank; from here each rank draws its own random numbers (patch
     # dropout's kept patches), as open_clip reseeds with seed + rank once its model is built.
     torch.manual_seed(cfg.train.seed + rank)
+    copy_model, built = None, []
+    if cfg.train.parallelism == "fsdp":
+        wrap = fsdp_wrap(cfg.train, device)
+        # An EMA (PSD's teacher, the EMA weights) is a copy of the model sharded like it; a sharded model cannot
+        # be copied, so the copies come from the tower as built, taken before it is sharded.
+        needs_copy = cfg.psd.teacher == "ema" or cfg.train.ema_decay > 0
+        built = [copy.deepcopy(tower)] if needs_copy else []
+        copy_model = (lambda: wrap(copy.deepcopy(built[0]))) if needs_copy else None
     model = wrap(tower) if wrap is not None else tower.to(device)
     optimizer = build_optimizer(unwrap(model), cfg.optim, fused=cfg.train.fused_adamw)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     task = PretrainTask(model, psd=cfg.psd, total_steps=cfg.train.steps, seed=cfg.train.seed, rank=rank,
-                        ema_decay=cfg.train.ema_decay, loss=cfg.loss,
+                        ema_decay=cfg.train.ema_decay, loss=cfg.loss, copy_model=copy_model,
                         patch_dropout_until_step=cfg.train.patch_dropout_until_step)
+    built.clear()  # the unsharded copy's memory back, once the EMA copies are made and sharded
     return Training(model, optimizer, scheduler, task)
+
+
+def transformer_blocks(tower: ClipTower) -> list[torch.nn.Module]:
+    """The encoder layers of both towers: FSDP's units."""
+    return [*tower.clip.vision_model.encoder.layers, *tower.clip.text_model.encoder.layers]
+
+
+def fsdp_wrap(train: TrainConfig, device: torch.device, blocks: Callable[[torch.nn.Module], list] = transformer_blocks
+              ) -> Callable[[torch.nn.Module], torch.nn.Module]:
+    """train.parallelism=fsdp: move a model to `device` and shard it over the process group's ranks, one unit per
+    module of `blocks(model)` (a tower's transformer blocks); train.precision=bf16: bf16 weights in compute, fp32
+    gradient reduction."""
+    settings = FsdpSettings(device_type=device.type, reshard_after_forward=train.fsdp_reshard_after_forward,
+                            bf16=train.precision == "bf16", cpu_offload=train.fsdp_cpu_offload)
+    return lambda model: shard_tower(model.to(device), blocks(model), settings)

@@ -25,6 +25,7 @@ from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.eval.zeroshot import prompt_features
 from raylpclip.methods.finetune_model import ImageEncoder
 from raylpclip.models.clip import ClipTower, normalize_images
+from raylpclip.parallel.fsdp_sharding import reshard
 
 
 def context_weights(tower: ClipTower, tokenizer, classnames: Sequence[str], templates: Sequence[str], *,
@@ -90,6 +91,7 @@ class FinetuneTask:
         else:
             with torch.no_grad():
                 frozen = F.normalize(self.frozen(images).float(), dim=-1)
+                reshard(self.frozen)  # sharded (train.parallelism=fsdp): no backward will free its gathered root
             result = carft_loss(out["logits"], labels, features=out["image_features"], frozen_features=frozen,
                                 context=self.context.to(images.device), kl_weight=self.kl_weight, scale=self.scale)
         result["train_acc1"] = (out["logits"].detach().argmax(dim=1) == labels).float().mean()

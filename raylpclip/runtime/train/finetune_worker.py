@@ -18,6 +18,7 @@ from raylpclip.commands.finetune import FinetuneConfig
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.optim import build_optimizer, build_scheduler
 from raylpclip.engine.pretrain_task import unwrap
+from raylpclip.engine.training_setup import fsdp_wrap
 from raylpclip.methods.carft import FinetuneTask
 from raylpclip.methods.finetune_model import evaluate_classifier, frozen_copy, labelled_only, set_trainable
 from raylpclip.runtime.data.batch_stream import TrainStreams
@@ -46,10 +47,17 @@ class FinetuneHooks(WorkerHooks):
     """The classifier's eval accuracy during training (the driver evaluates the final classifiers from
     their saved directories, so not at the final report) and the fine-tuning line."""
 
-    def evaluate(self, *, final: bool) -> dict:
+    def __init__(self, *, plain, **kwargs):
+        super().__init__(**kwargs)
+        self.plain = plain  # a fresh unsharded classifier, to hold a sharded one's gathered weights
+
+    def eval_towers(self) -> dict:
+        return {"model": self.whole(unwrap(self.task.model), self.plain)}
+
+    def evaluate(self, towers: dict, *, final: bool) -> dict:
         if final:
             return {}
-        model = unwrap(self.task.model)
+        model = towers["model"]
         was_training = model.training
         model.eval()
         try:
@@ -85,9 +93,15 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
     start = ray.get(args.start)
     model = start["model"]
     frozen = frozen_copy(model.encoder) if cfg.method == "carft" else None
-    model = ddp_wrap(cfg.train)(set_trainable(model, trainable=cfg.trainable, train_head=cfg.train_head))
-    if frozen is not None:
-        frozen.to(place.device)
+    model = set_trainable(model, trainable=cfg.trainable, train_head=cfg.train_head)
+    if cfg.train.parallelism == "fsdp":  # the classifier and theta_0 sharded alike, one unit per vision block
+        model = fsdp_wrap(cfg.train, place.device, lambda m: m.encoder.vision.encoder.layers)(model)
+        if frozen is not None:
+            frozen = fsdp_wrap(cfg.train, place.device, lambda m: m.vision.encoder.layers)(frozen)
+    else:
+        model = ddp_wrap(cfg.train)(model)
+        if frozen is not None:
+            frozen.to(place.device)
     optimizer = build_optimizer(unwrap(model), cfg.optim, fused=place.device.type == "cuda")
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     task = FinetuneTask(model, num_classes=args.num_classes, frozen=frozen,
@@ -106,7 +120,7 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
     sources = ", ".join(s.path for s in cfg.data.train_sources())
     batches = labelled_only(streams.batches(micro), batch_size=micro, on_skip=_count_skips(args.counter),
                             fail_after=cfg.data.fail_after_bad, source=sources)
-    hooks = FinetuneHooks(task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, place=place, start=state,
+    hooks = FinetuneHooks(plain=lambda: ray.get(args.start)["model"], task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, place=place, start=state,
                           streams=streams, counter=args.counter, train_samples=args.train_samples,
                           meta={"method": cfg.method})
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,

@@ -15,6 +15,7 @@ from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.training_setup import build_training
 from raylpclip.eval.batch_eval import retrieval_evaluate, zeroshot_evaluate
 from raylpclip.eval.zeroshot import zeroshot_classifier
+from raylpclip.models.tower_factory import build_tower
 from raylpclip.runtime.data.batch_stream import TrainStreams
 from raylpclip.runtime.train.worker_checkpoint import restore_run
 from raylpclip.runtime.train.worker_hooks import WorkerHooks
@@ -48,12 +49,20 @@ class PretrainHooks(WorkerHooks):
         super().__init__(**kwargs)
         self.tokenizer, self.classnames = tokenizer, classnames
 
-    def evaluate(self, *, final: bool) -> dict:
-        metrics = self.evaluate_tower(unwrap(self.task.model))
-        ema = self.task.weights_ema
-        if ema is not None:  # the EMA weights on the same eval set, their figures named ema_<figure>
+    def eval_towers(self) -> dict:
+        def plain():
+            return build_tower(self.cfg.model, tokenizer=self.tokenizer, loss=self.cfg.loss)
+
+        towers = {"": self.whole(unwrap(self.task.model), plain)}
+        if self.task.weights_ema is not None:  # the EMA weights too, their figures named ema_<figure>
+            towers["ema_"] = self.whole(self.task.weights_ema.module, plain)
+        return towers
+
+    def evaluate(self, towers: dict, *, final: bool) -> dict:
+        metrics = self.evaluate_tower(towers[""])
+        if "ema_" in towers:
             counts = ("eval_samples", "eval_images", "eval_texts")
-            metrics.update({f"ema_{k}": v for k, v in self.evaluate_tower(ema.module).items() if k not in counts})
+            metrics.update({f"ema_{k}": v for k, v in self.evaluate_tower(towers["ema_"]).items() if k not in counts})
         return metrics
 
     def evaluate_tower(self, tower) -> dict:

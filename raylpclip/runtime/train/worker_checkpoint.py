@@ -17,23 +17,9 @@ import ray.train
 
 from raylpclip.data import stream_position
 from raylpclip.engine.checkpoint_choice import choose
-from raylpclip.engine.checkpoint_state import load_meta, load_state, save_state
+from raylpclip.engine.checkpoint_state import load_meta
 from raylpclip.engine.loop import LoopState
-
-POSITION_FILE = "data_position.json"
-
-
-def save_run_state(directory: str, *, task, optimizer, scheduler, state: LoopState, meta: dict,
-                   positions: list | None = None, metrics: dict | None = None) -> None:
-    """Write the training state (and the data position, when the run tracks one) into `directory`.
-    `metrics`, the figures reported with it, go into its meta: a run resumed at its last step reports
-    them again rather than figures of no step."""
-    extra = {POSITION_FILE: stream_position.dumps(positions, step=state.step)} if positions is not None else None
-    figures = {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))}
-    save_state(directory, state={
-        "task": task.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": state.step, "samples_seen": state.samples_seen,
-    }, meta={"step": state.step, "samples_seen": state.samples_seen, **meta, "metrics": figures}, extra=extra)
+from raylpclip.engine.run_state import POSITION_FILE, load_into
 
 
 @dataclass
@@ -59,8 +45,11 @@ def restore_run(task, optimizer, scheduler, *, run: tuple | None = None,
         return Restored(LoopState())
 
     def load(path: str):
+        # Into the live objects here, while the directory is at hand: a sharded checkpoint is read shard by shard
+        # (each rank what it needs), never whole. Every rank chooses the same checkpoint, as the loads of a
+        # sharded one are collectives.
         with ray.train.Checkpoint(path, fs).as_directory() as directory:
-            state = load_state(directory)
+            state = load_into(directory, task, optimizer)
             pos_file = Path(directory) / POSITION_FILE
             positions = stream_position.loads(pos_file.read_bytes())[1] if pos_file.is_file() else None
             return state, positions, load_meta(directory).get("metrics") or {}
@@ -70,8 +59,6 @@ def restore_run(task, optimizer, scheduler, *, run: tuple | None = None,
     if chosen is None:
         return Restored(LoopState())
     found, (state, positions, metrics) = chosen
-    task.load_state_dict(state["task"])
-    optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     return Restored(LoopState(step=int(state["step"]), samples_seen=int(state["samples_seen"])), positions, found.path,
                     metrics, registered=latest is not None and found.path == latest.path)

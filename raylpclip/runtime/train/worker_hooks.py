@@ -16,13 +16,16 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import ray.train
+import torch
 
 from raylpclip.data.storage import take_failed_uploads
 from raylpclip.engine.checkpoint_state import CheckpointError
 from raylpclip.engine.loop import LoopState
 from raylpclip.engine.metrics_log import MetricsLog
+from raylpclip.engine.pretrain_task import unwrap
+from raylpclip.engine.run_state import save_run_state
+from raylpclip.parallel.fsdp_sharding import gather_whole_state, is_sharded
 from raylpclip.runtime.cluster import counters
-from raylpclip.runtime.train.worker_checkpoint import save_run_state
 from raylpclip.runtime.train.worker_setup import WorkerPlace, progress, report_checkpoint
 
 SIGHTINGS = "skip_sightings_"  # metrics: how often the skipped samples were read, by reason
@@ -84,9 +87,10 @@ class WorkerHooks:
                        train_samples_per_s=(state.samples_seen - self.start_samples) / max(elapsed, 1e-9))
         if self.train_samples:
             metrics["epoch"] = state.samples_seen / self.train_samples
+        towers = self.eval_towers() if evaluate and self.cfg.data.eval else {}  # every rank: may gather shards
         if self.place.rank == 0:
             if evaluate and self.cfg.data.eval:
-                metrics.update(self.evaluate(final=final))
+                metrics.update(self.evaluate(towers, final=final))
             skips = counters.report(self.counter)
             metrics.update({f"skipped_{k}": v for k, v in skips["skipped"].items()})
             metrics.update({f"{SIGHTINGS}{k}": v for k, v in skips["skipped_sightings"].items()})
@@ -100,11 +104,14 @@ class WorkerHooks:
                     self.curves = None
         # Every worker takes part in gathering the data position (a collective), rank 0 saves it.
         positions = self.streams.checkpoint_positions() if save and self.streams is not None else None
-        if save and self.place.rank == 0:
+        # A sharded model: every rank writes (and uploads) its own shards; Ray Train merges them in storage.
+        writes = save and (self.place.rank == 0 or is_sharded(unwrap(self.task.model)))
+        if writes:
             # Written locally, uploaded to storage in the background with train.async_checkpoint.
             report_checkpoint(metrics, lambda tmp: save_run_state(
                 tmp, task=self.task, optimizer=self.optimizer, scheduler=self.scheduler, state=state, meta=self.meta,
-                positions=positions, metrics=metrics), async_upload=self.cfg.train.async_checkpoint)
+                positions=positions, metrics=metrics, rank=self.place.rank, world=self.place.world),
+                async_upload=self.cfg.train.async_checkpoint)
         else:
             ray.train.report(metrics, checkpoint=None)
         failed = take_failed_uploads()
@@ -127,8 +134,26 @@ class WorkerHooks:
                    if k != "train_samples_per_s" and not k.startswith(("skipped_", SIGHTINGS))}
         self.report(state, carried, save=not restored.registered, evaluate=evaluate, final=True, quiet=True)
 
-    def evaluate(self, *, final: bool) -> dict:
-        """Rank 0's evaluation on the run's eval set (Ray Train's "eval" dataset), as metrics."""
+    def eval_towers(self) -> dict:
+        """Every rank, before rank 0 evaluates: the models to evaluate (name -> module; on rank 0). A sharded model
+        is gathered whole onto rank 0 first, as every rank must take part (parallel/fsdp_sharding.py)."""
+        return {}
+
+    def whole(self, module, make_plain):
+        """`module` whole on rank 0 (None elsewhere): itself, or for a sharded one its gathered weights in a plain
+        module from `make_plain()`, on this worker's device. Every rank must call it (the gather is collective)."""
+        if not is_sharded(module):
+            return module
+        state = gather_whole_state(module)
+        if self.place.rank != 0:
+            return None
+        with torch.random.fork_rng():  # building a module draws initial weights; training's random stream stays
+            plain = make_plain()
+        plain.load_state_dict(state)
+        return plain.to(self.device)
+
+    def evaluate(self, towers: dict, *, final: bool) -> dict:
+        """Rank 0's evaluation of `towers` on the run's eval set (Ray Train's "eval" dataset), as metrics."""
         return {}
 
     def line(self, state: LoopState, m: dict) -> str:
