@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from dataclasses import replace
 from typing import Any
 
 from raylpclip.bench.benchmark import Benchmark
@@ -72,15 +73,21 @@ def run_train_bench(cfg: TrainBenchConfig) -> dict[str, Any]:
         if b.two_workers:
             r["two"] = pipeline(cfg, tokenizer=tokenizer, data=data, workers=2, threads=max(1, threads // 2),
                                 label=f"{cfg.name}-{stamp}-r{i}-2w", counter=counter)
+        if b.fsdp:
+            sharded = replace(cfg, train=replace(cfg.train, parallelism="fsdp"))
+            r["two_fsdp"] = pipeline(sharded, tokenizer=tokenizer, data=data, workers=2, threads=max(1, threads // 2),
+                                     label=f"{cfg.name}-{stamp}-r{i}-2w-fsdp", counter=counter)
         rounds.append(r)
         print(f"[raylpclip] round {i + 1}/{b.rounds} (samples/s, load {r['load']:.1f}): compute limit "
               f"{cfg.train.batch_size / _pooled_step(r['limit']['psd']):.1f}, 1 worker {r['one'][0]['timed']['samples_per_s']:.1f}"
-              + (f", 2 workers {r['two'][0]['timed']['samples_per_s']:.1f}" if b.two_workers else ""), flush=True)
+              + (f", 2 workers {r['two'][0]['timed']['samples_per_s']:.1f}" if b.two_workers else "")
+              + (f", 2 fsdp workers {r['two_fsdp'][0]['timed']['samples_per_s']:.1f}" if b.fsdp else ""), flush=True)
     summary = summarize(rounds, batch=cfg.train.batch_size, threads=threads, saves=save_steps(b), use_gpu=cfg.train.use_gpu)
     summary.update(raw_rounds=rounds, cpus=b.cpus or usable_cpus(), model=cfg.model.preset, image_size=cfg.data.image_size,
                    psd=to_dict(cfg.psd), precision=cfg.train.precision, skipped=counters.totals(counter),
                    switches={k: getattr(cfg.train, k) for k in ("fused_adamw", "compile", "channels_last",
-                                                                "grad_checkpointing", "ddp_bucket_cap_mb", "async_checkpoint")},
+                                                                "grad_checkpointing", "ddp_bucket_cap_mb", "async_checkpoint",
+                                                                "fsdp_reshard_after_forward", "fsdp_cpu_offload")},
                    date=time.strftime("%Y-%m-%d %H:%M"), wall_s=time.perf_counter() - start,
                    run_dir=str(cfg.run_dir.resolve()))
     write_summary(cfg.run_dir, summary)

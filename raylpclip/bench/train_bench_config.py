@@ -30,6 +30,9 @@ class TrainBenchSection:
     # > 0: the plain loop also times windows of the PSD step with model.patch_dropout at this value (beside the
     # config's own, usually 0) and the vision tower alone at both: patch_dropout_step_ratio, _vision_ratio.
     patch_dropout: float = 0.0
+    # True: every round also runs the 2-worker pipeline with train.parallelism=fsdp (the config's own run is the
+    # ddp one): fsdp_vs_ddp_ratio (samples/s) and the peak memory and parameter + optimizer bytes per worker of each.
+    fsdp: bool = False
     synthetic_samples: int = 0  # shards generated when data.train is empty; 0: enough for every run's steps
     synthetic_image_size: int = 64
 
@@ -53,6 +56,9 @@ def check(cfg: TrainBenchConfig) -> None:
             raise ConfigError(f"config key 'bench.{key}': got {getattr(b, key)}, expected >= 0")
     if not 0.0 <= b.patch_dropout <= 0.9:
         raise ConfigError(f"config key 'bench.patch_dropout': got {b.patch_dropout}, expected 0 (off) to 0.9")
+    if b.fsdp and (not b.two_workers or cfg.train.parallelism != "ddp"):
+        raise ConfigError("config key 'bench.fsdp': compares a 2-worker fsdp run with the 2-worker ddp run; it needs "
+                          "bench.two_workers=true and train.parallelism=ddp")
     if b.window_steps < 2:
         raise ConfigError(f"config key 'bench.window_steps': got {b.window_steps}, expected >= 2 (an anchor and a timed step)")
     if b.warmup_steps < 1:

@@ -80,7 +80,30 @@ def summarize(rounds: list[dict[str, Any]], *, batch: int, threads: int, saves: 
         s["rounds"]["two_worker_samples_per_s"] = two_rates
         s["peak_memory_mb_per_worker"]["two_workers"] = [max(ranks[i]["peak_memory_mb"]["rss_mb"] for ranks in two)
                                                          for i in range(len(two[0]))]
+    if any(r.get("two_fsdp") for r in rounds):
+        s.update(fsdp_figures(rounds))
     return s
+
+
+def fsdp_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """`bench.fsdp`: the 2-worker fsdp runs against the 2-worker ddp runs of the same rounds: the best rate of
+    each, and per worker the peak resident memory (the most over rounds) and the parameter + optimizer bytes
+    it holds. Ratios are fsdp / ddp: memory below 1 is fsdp's saving, speed below 1 its cost."""
+    def per_worker(key: str, runs: list) -> list[float]:
+        return [max(ranks[i][key] if key != "peak_memory_mb" else ranks[i][key]["rss_mb"] for ranks in runs)
+                for i in range(len(runs[0]))]
+
+    out: dict[str, Any] = {}
+    for name, runs in (("ddp", [r["two"] for r in rounds]), ("fsdp", [r["two_fsdp"] for r in rounds])):
+        out[f"{name}_two_worker_samples_per_s"] = max(ranks[0]["timed"]["samples_per_s"] for ranks in runs)
+        out[f"{name}_peak_memory_mb_per_worker"] = per_worker("peak_memory_mb", runs)
+        if all("state_bytes" in rank for ranks in runs for rank in ranks):
+            out[f"{name}_state_mb_per_worker"] = [b / 2**20 for b in per_worker("state_bytes", runs)]
+    out["fsdp_vs_ddp_ratio"] = out["fsdp_two_worker_samples_per_s"] / out["ddp_two_worker_samples_per_s"]
+    out["fsdp_peak_memory_ratio"] = max(out["fsdp_peak_memory_mb_per_worker"]) / max(out["ddp_peak_memory_mb_per_worker"])
+    if "fsdp_state_mb_per_worker" in out and "ddp_state_mb_per_worker" in out:
+        out["fsdp_state_ratio"] = max(out["fsdp_state_mb_per_worker"]) / max(out["ddp_state_mb_per_worker"])
+    return out
 
 
 def patch_dropout_figures(rounds: list[dict[str, Any]], *, psd_step_s: float) -> dict[str, float]:
@@ -130,6 +153,14 @@ def format_table(s: dict[str, Any]) -> str:
                      f"{s['patch_dropout_step_ratio']:.2f}x as fast, the vision tower's forward+backward alone "
                      f"{s['patch_dropout_vision_ratio']:.2f}x ({s['vision_step_time_s']:.3f} -> "
                      f"{s['patch_dropout_vision_step_time_s']:.3f} s; {_pct(s['vision_share'])} of the step without)")
+    if "fsdp_vs_ddp_ratio" in s:
+        state = (f"; parameters + optimizer state {max(s['fsdp_state_mb_per_worker']):.0f} vs "
+                 f"{max(s['ddp_state_mb_per_worker']):.0f} MB per worker ({s['fsdp_state_ratio']:.2f}x)"
+                 if "fsdp_state_ratio" in s else "")
+        lines.append(f"[raylpclip] 2 workers, fsdp vs ddp: {s['fsdp_two_worker_samples_per_s']:.1f} vs "
+                     f"{s['ddp_two_worker_samples_per_s']:.1f} samples/s ({s['fsdp_vs_ddp_ratio']:.2f}x); peak memory per "
+                     f"worker {max(s['fsdp_peak_memory_mb_per_worker']):.0f} vs {max(s['ddp_peak_memory_mb_per_worker']):.0f}"
+                     f" MB ({s['fsdp_peak_memory_ratio']:.2f}x){state}")
     ckpt = s.get("checkpoint_report_s")
     lines.append(f"[raylpclip] peak memory per worker {s['peak_memory_mb']:.0f} MB (plain loop "
                  f"{s['peak_memory_mb_per_worker']['compute_limit']:.0f} MB)"

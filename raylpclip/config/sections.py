@@ -84,7 +84,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # tiny | vit-b-32
+    preset: str = "tiny"  # tiny | vit-b-32 | vit-b-16
     pretrained: str = ""  # overrides preset: a local HF CLIP dir, or an open_clip checkpoint file (converted)
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {"vision.image_size": 32}
     tokenizer: str = ""  # local tokenizer directory; empty: train a BPE on the training captions

@@ -22,6 +22,7 @@ import torch
 
 from raylpclip.config import TrainConfig
 from raylpclip.distributed import gather_objects
+from raylpclip.parallel.fsdp_sharding import local_bytes, optimizer_tensors
 from raylpclip.engine.loop import LoopState
 
 
@@ -125,6 +126,10 @@ def clocked(hooks, train: TrainConfig, spec: dict | None, *, device: torch.devic
         mine = {"timed": window_stats(clock.records, first=first, last=last, batch=train.batch_size),
                 "peak_memory_mb": peak_memory_mb(device), "load": clock.load,
                 "report_s": {str(k): v for k, v in clock.report_s.items()}}
+        task, optimizer = getattr(hooks, "task", None), getattr(hooks, "optimizer", None)
+        if task is not None and optimizer is not None:  # what this worker holds: a shard of it under fsdp
+            params = getattr(task.model, "module", task.model).parameters()
+            mine["state_bytes"] = local_bytes(params) + local_bytes(optimizer_tensors(optimizer))
         return {"bench": gather_objects(mine)}
 
     clock.extra_final = figures

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from raylpclip.config import OptimConfig
+if TYPE_CHECKING:  # annotations only: raylpclip.config loads omegaconf, which the GPU check's machines lack
+    from raylpclip.config import OptimConfig
 
 log = logging.getLogger(__name__)
 

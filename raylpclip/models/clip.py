@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
-from raylpclip.config import flatten
 from raylpclip.models.hf_processor import save_processor
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -51,6 +50,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         },
         "projection_dim": 512,
     },
+    # OpenAI ViT-B/16 shapes: B/32's towers with 16 px patches (197 image tokens instead of 50).
+    "vit-b-16": {
+        "vision": {
+            "image_size": 224, "patch_size": 16, "hidden_size": 768, "num_hidden_layers": 12,
+            "num_attention_heads": 12, "intermediate_size": 3072,
+        },
+        "text": {
+            "hidden_size": 512, "num_hidden_layers": 12, "num_attention_heads": 8,
+            "intermediate_size": 2048, "max_position_embeddings": 77, "vocab_size": 49408,
+        },
+        "projection_dim": 512,
+    },
 }
 
 _TOWER_CONFIGS = {"vision": CLIPVisionConfig, "text": CLIPTextConfig}
@@ -64,6 +75,12 @@ def _config_keys(config_cls: type) -> set[str]:
 def _apply_overrides(spec: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Write overrides (`"vision.image_size"`, `"projection_dim"`, flat or nested: a YAML mapping and the command
     line's `model.overrides.vision.image_size=32` arrive nested) into `spec` in place."""
+    if not overrides:
+        return
+    # Imported here, not at the top: raylpclip.config loads omegaconf, and the GPU check
+    # (bench/gpu_check.py) builds presets, without overrides, on machines that lack it.
+    from raylpclip.config import flatten
+
     top_keys = _config_keys(CLIPConfig) - {"vision_config", "text_config"}
     for key, value in flatten(overrides).items():
         tower, _, name = key.rpartition(".")

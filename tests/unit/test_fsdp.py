@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from raylpclip.config import ModelConfig, PretrainConfig, load_config
+from raylpclip.config import PretrainConfig, load_config
 from raylpclip.distributed import ddp_kwargs
 from raylpclip.engine.checkpoint_state import check_checkpoint, load_state
 from raylpclip.engine.loop import LoopState, run_loop

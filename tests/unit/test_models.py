@@ -106,6 +106,17 @@ def test_vit_b_32_preset_shapes():
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(151.28e6, rel=1e-3)
 
 
+def test_vit_b_16_preset_shapes():
+    with torch.device("meta"):
+        model = build_clip("vit-b-16", vocab_size=49408, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+    vision, text = model.config.vision_config, model.config.text_config
+    assert (vision.image_size, vision.patch_size, vision.hidden_size, vision.num_hidden_layers) == (224, 16, 768, 12)
+    assert (vision.num_attention_heads, vision.intermediate_size) == (12, 3072)
+    assert (text.hidden_size, text.num_hidden_layers, text.max_position_embeddings) == (512, 12, 77)
+    # OpenAI's ViT-B/16 has 149.6M parameters: B/32's less the larger patch kernel, plus 147 more positions.
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(149.62e6, rel=1e-3)
+
+
 def test_text_pooling_uses_eos_position():
     tower = _tower()
     ids, mask = _text_batch(eos_at=6)

@@ -24,7 +24,8 @@ from raylpclip.engine.loop import LoopState
 from raylpclip.engine.metrics_log import MetricsLog
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.run_state import save_run_state
-from raylpclip.parallel.fsdp_sharding import gather_whole_state, is_sharded
+from raylpclip.engine.clock import peak_memory_mb
+from raylpclip.parallel.fsdp_sharding import gather_whole_state, is_sharded, local_bytes, optimizer_tensors
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.train.worker_setup import WorkerPlace, progress, report_checkpoint
 
@@ -87,6 +88,8 @@ class WorkerHooks:
                        train_samples_per_s=(state.samples_seen - self.start_samples) / max(elapsed, 1e-9))
         if self.train_samples:
             metrics["epoch"] = state.samples_seen / self.train_samples
+        metrics.update(self.memory_figures())
+        metrics.update(self.speed_figures(state, metrics))
         towers = self.eval_towers() if evaluate and self.cfg.data.eval else {}  # every rank: may gather shards
         if self.place.rank == 0:
             if evaluate and self.cfg.data.eval:
@@ -134,6 +137,19 @@ class WorkerHooks:
                    if k != "train_samples_per_s" and not k.startswith(("skipped_", SIGHTINGS))}
         self.report(state, carried, save=not restored.registered, evaluate=evaluate, final=True, quiet=True)
 
+    def memory_figures(self) -> dict:
+        """What this worker (rank 0's, in the line) holds: its peak memory (torch's peak allocation on a GPU, the
+        process's peak resident size on CPU) and the bytes of parameters + optimizer state it keeps, a shard of
+        them under fsdp: the figures for sizing a cluster (README, "Sharded training")."""
+        model = unwrap(self.task.model)
+        state = local_bytes(model.parameters()) + local_bytes(optimizer_tensors(self.optimizer))
+        return {"peak_memory_mb": peak_memory_mb(self.device).get("cuda_allocated_mb", peak_memory_mb()["rss_mb"]),
+                "state_mb": state / 2**20}
+
+    def speed_figures(self, state: LoopState, metrics: dict) -> dict:
+        """Figures derived from the window's samples/s (the pretraining hooks add the model's FLOP rate and MFU)."""
+        return {}
+
     def eval_towers(self) -> dict:
         """Every rank, before rank 0 evaluates: the models to evaluate (name -> module; on rank 0). A sharded model
         is gathered whole onto rank 0 first, as every rank must take part (parallel/fsdp_sharding.py)."""
@@ -175,4 +191,8 @@ class WorkerHooks:
             line += f" sightings {sightings}"
         if m.get("storage_retries"):
             line += f" storage-retries {m['storage_retries']}"
+        if "mfu" in m:
+            line += f" mfu {100 * m['mfu']:.1f}%"
+        if "peak_memory_mb" in m:
+            line += f" mem {m['peak_memory_mb'] / 1024:.2f} GiB (state {m['state_mb'] / 1024:.2f})"
         return line
