@@ -51,6 +51,7 @@ def summarize(rounds: list[dict[str, Any]], *, batch: int, threads: int, saves: 
         "clip_step_time_s": clip["step_time_s"],
         "psd_loss_s": float(np.median([x["psd_loss_s"] for x in loss])),
         "clip_loss_s": float(np.median([x["clip_loss_s"] for x in loss])),
+        "siglip_loss_s": float(np.median([x.get("siglip_loss_s", float("nan")) for x in loss])),
         "peak_memory_mb": max(rank["peak_memory_mb"]["rss_mb"] for ranks in one for rank in ranks),
         "peak_memory_mb_per_worker": {
             "compute_limit": max(r["limit"]["peak_memory_mb"]["rss_mb"] for r in rounds),
@@ -146,7 +147,8 @@ def format_table(s: dict[str, Any]) -> str:
     lines.append(f"[raylpclip] ratio_vs_compute_limit {s['ratio_vs_compute_limit']:.2f} (target >= {target['ratio_vs_compute_limit']}), "
                  f"data wait {_pct(s['data_wait_fraction'])} (< {_pct(target['data_wait_fraction'])}), "
                  f"PSD overhead {_pct(s['psd_overhead'])} of the step (< {_pct(target['psd_overhead'])}; loss alone "
-                 f"{_pct(s['psd_loss_overhead'])})"
+                 f"{_pct(s['psd_loss_overhead'])}; per loss forward+backward on one micro-batch: CLIP "
+                 f"{1e3 * s['clip_loss_s']:.2f} ms, SigLIP {1e3 * s['siglip_loss_s']:.2f} ms)"
                  + (f", two_worker_ratio {s['two_worker_ratio']:.2f} (>= {target['two_worker_ratio']})" if "two_worker_ratio" in s else ""))
     if "patch_dropout" in s:
         lines.append(f"[raylpclip] patch dropout {s['patch_dropout']:g} vs {s['patch_dropout_base']:g}: the step "

@@ -21,7 +21,7 @@ from raylpclip.engine.clock import StepClock, peak_memory_mb, window_stats
 from raylpclip.engine.loop import LoopState, run_loop
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.training_setup import build_training
-from raylpclip.losses import clip_loss, psd_loss
+from raylpclip.losses import clip_loss, psd_loss, siglip_loss
 from raylpclip.models.patch_dropout import set_patch_dropout
 
 
@@ -114,20 +114,24 @@ def compute_limit_task(config: dict, tokenizer, batch: dict[str, np.ndarray], be
 
 def loss_overhead(b: int, dim: int, *, psd: PSDConfig, repeats: int = 50, seed: int = 0) -> dict[str, float]:
     """PSD's extra cost over CLIP's loss alone: forward and backward of each on the same fixed (b, dim)
-    features of one process (the 1-worker case, N = b), interleaved; the median of each, seconds."""
+    features of one process (the 1-worker case, N = b), interleaved; the median of each, seconds. SigLIP's
+    sigmoid loss (loss.kind=siglip, its initial bias) is timed beside them: `siglip_loss_s`."""
     g = torch.Generator().manual_seed(seed)
     u = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
     v = torch.nn.functional.normalize(torch.randn(b, dim, generator=g), dim=1)
     scale = torch.tensor(20.0, requires_grad=True)
     sub = torch.Generator().manual_seed(seed)
     alpha = psd.a_max if psd.a_max > 0 else PSDConfig().a_max
-    times: dict[str, list[float]] = {"psd": [], "clip": []}
+    bias = torch.tensor(-10.0, requires_grad=True)
+    times: dict[str, list[float]] = {"psd": [], "clip": [], "siglip": []}
 
     def run(name: str) -> None:
         x, y = u.clone().requires_grad_(), v.clone().requires_grad_()
         start = time.perf_counter()
         if name == "psd":
             loss = psd_loss(x, y, scale, alpha=alpha, subset_fraction=psd.subset_fraction, generator=sub)
+        elif name == "siglip":
+            loss = siglip_loss(x, y, scale, bias)
         else:
             loss = clip_loss(x, y, scale)
         loss["contrastive_loss"].backward()
@@ -136,5 +140,7 @@ def loss_overhead(b: int, dim: int, *, psd: PSDConfig, repeats: int = 50, seed: 
     for _ in range(repeats):
         run("psd")
         run("clip")
+        run("siglip")
     psd_s, clip_s = float(np.median(times["psd"])), float(np.median(times["clip"]))
-    return {"psd_loss_s": psd_s, "clip_loss_s": clip_s, "extra_s": psd_s - clip_s}
+    return {"psd_loss_s": psd_s, "clip_loss_s": clip_s, "extra_s": psd_s - clip_s,
+            "siglip_loss_s": float(np.median(times["siglip"]))}

@@ -113,6 +113,22 @@ def test_two_worker_ratio_is_per_gpu_on_gpus():
     assert summarize(r, batch=64, threads=8, saves=[], use_gpu=True)["two_worker_ratio"] == pytest.approx(0.9)
 
 
+def test_fsdp_figures_compare_the_two_worker_runs_of_each_round():
+    def ranks(rate, rss, state):
+        return [dict(_rank(rate, rss=rss), state_bytes=state), dict(_rank(rate, rss=rss - 10), state_bytes=state)]
+
+    r = [dict(_round(0.5, 0.5, [_rank(100.0)], ranks(90.0, 1000.0, 400 * 2**20), load=0.0),
+              two_fsdp=ranks(81.0, 700.0, 201 * 2**20)),
+         dict(_round(0.5, 0.5, [_rank(100.0)], ranks(80.0, 1010.0, 400 * 2**20), load=0.0),
+              two_fsdp=ranks(72.0, 690.0, 201 * 2**20))]
+    s = summarize(r, batch=64, threads=2, saves=[], use_gpu=False)
+    assert s["fsdp_vs_ddp_ratio"] == pytest.approx(81 / 90)  # best round of each
+    assert s["fsdp_peak_memory_mb_per_worker"] == [700.0, 690.0] and s["ddp_peak_memory_mb_per_worker"] == [1010.0, 1000.0]
+    assert s["fsdp_peak_memory_ratio"] == pytest.approx(700 / 1010)
+    assert s["fsdp_state_ratio"] == pytest.approx(201 / 400)
+    assert "fsdp vs ddp: 81.0 vs 90.0 samples/s (0.90x)" in format_table(s)
+
+
 @pytest.mark.parametrize("override, key", [
     ("bench.window_steps=1", "bench.window_steps"), ("bench.rounds=0", "bench.rounds"),
     ("bench.warmup_steps=0", "bench.warmup_steps"), ("train.batch_size=6", "train.batch_size"),
