@@ -80,7 +80,7 @@ def convert_open_clip(checkpoint: str, out: str, *, config: str | None = None, b
     vision, text = model.config.vision_config, model.config.text_config
     pre = preprocess_settings(oc, int(vision.image_size))
     tokenizer, tokenizer_note = _tokenizer(text, oc, bpe)
-    export_clip(model, out)
+    export_clip(model, out, logit_bias=getattr(model.config, "logit_bias", None))
     save_processor(model.config, tokenizer, out, mean=pre.mean, std=pre.std)
     return {
         "kind": "open-clip", "checkpoint": str(Path(checkpoint).resolve()), "config": oc.source,
@@ -91,6 +91,7 @@ def convert_open_clip(checkpoint: str, out: str, *, config: str | None = None, b
                  "width": text.hidden_size, "layers": text.num_hidden_layers, "heads": text.num_attention_heads,
                  "eos_token_id": text.eos_token_id},
         "parameters": sum(p.numel() for p in model.parameters()), "logit_scale": float(model.logit_scale.detach().exp()),
+        "logit_bias": getattr(model.config, "logit_bias", None),
         "image_mean": list(pre.mean), "image_std": list(pre.std), "preprocess_notes": pre.notes,
         "tokenizer_written": tokenizer is not None, "tokenizer": tokenizer_note,
     }

@@ -114,7 +114,9 @@ _TEXT_FREE = {"context_length", "vocab_size", "width", "heads", "layers", "mlp_r
               "tokenizer_mode", "tokenizer_kwargs", "pad_id", "eos_id", "final_ln_after_pool", "output_tokens",
               "act_kwargs", "norm_kwargs", "hf_model_pretrained", "hf_proj_type", "hf_pooler_type"}
 _TOP_RULES = {
-    "init_logit_bias": (_is(None), "a learned logit bias (SigLIP's sigmoid loss)"),
+    # A learned logit bias (SigLIP's sigmoid loss): HF CLIP has no weight for it; the converted directory keeps it
+    # in config.json (`logit_bias`), as raylpclip's own SigLIP exports do, and loss.kind=siglip starts from it.
+    "init_logit_bias": (lambda v: v is None or isinstance(v, (int, float)), "a logit bias other than a number"),
     "multimodal_cfg": (_off, "a multimodal text decoder (CoCa)"),
 }
 _TOP_FREE = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "cast_dtype", "init_logit_scale",

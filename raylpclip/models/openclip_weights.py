@@ -122,8 +122,16 @@ def load_openclip(checkpoint: str, *, config: str | None = None) -> tuple[CLIPMo
     `config` as in `read_openclip_config`. The model's weights are float32 whatever the file stored."""
     oc = read_openclip_config(checkpoint, config)
     config = hf_clip_config(oc)  # a config HF CLIP cannot express fails before any weight is read
-    state = hf_clip_state(read_openclip_state(checkpoint), source=checkpoint)
+    raw = read_openclip_state(checkpoint)
+    bias = raw.pop("logit_bias", None)  # SigLIP's b: a config value of the CLIP directory, not a CLIPModel weight
+    if (bias is None) != (oc.model_cfg.get("init_logit_bias") is None):
+        raise ValueError(f"{checkpoint}: its model config {oc.source} "
+                         + ("makes a logit bias (init_logit_bias) that the checkpoint lacks" if bias is None else
+                            "has no init_logit_bias, yet the checkpoint holds a logit_bias"))
+    state = hf_clip_state(raw, source=checkpoint)
     model = clip_from_config(config)
+    if bias is not None:
+        model.config.logit_bias = float(bias.reshape(()))
     expected = model.state_dict()
     if oc.text_projection_is_identity() and "text_projection.weight" not in state:
         state["text_projection.weight"] = torch.eye(expected["text_projection.weight"].shape[0])

@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from raylpclip.cli import main
 from raylpclip.commands import convert as convert_command
-from raylpclip.config import ConfigError, ModelConfig, PretrainConfig, load_config
+from raylpclip.config import ConfigError, LossConfig, ModelConfig, PretrainConfig, load_config
 from raylpclip.models.bpe_tokenizer import load_tokenizer
 from raylpclip.models.clip import ClipTower, clip_from_config, load_clip
 from raylpclip.models.openclip_config import OpenClipConfig, OpenClipConfigError, hf_clip_config
@@ -130,7 +130,7 @@ def test_text_tower_without_projection_gets_the_identity(tmp_path):
     ("text_cfg", "proj_bias", True, "bias"),
     ("text_cfg", "hf_model_name", "xlm-roberta-base", "Hugging Face text tower"),
     ("text_cfg", "qk_norm", True, "queries and keys"),
-    (None, "init_logit_bias", -10.0, "logit bias"),
+    (None, "init_logit_bias", "minus ten", "logit bias"),
     (None, "vision_tricks", 1, "unknown to this converter"),
 ])
 def test_what_hf_clip_cannot_express_is_refused_by_name(where, key, value, says):
@@ -140,6 +140,31 @@ def test_what_hf_clip_cannot_express_is_refused_by_name(where, key, value, says)
         hf_clip_config(OpenClipConfig(cfg, source="cfg.json"))
     message = str(info.value)
     assert message.startswith("cfg.json: ") and key in message and says in message, message
+
+
+def test_a_siglip_checkpoint_keeps_its_logit_bias_for_loss_kind_siglip(tmp_path):
+    """open_clip's init_logit_bias model: the learned bias goes into the converted config.json, and a SigLIP
+    tower built from the directory (or the checkpoint file) starts from it, not from loss.siglip_bias_init."""
+    cfg = dict(json.loads(json.dumps(MODEL_CFG)), init_logit_bias=-10.0)
+    state = {**_openclip_state(), "logit_bias": torch.tensor([-7.25])}
+    ckpt = _checkpoint(tmp_path / "siglip", state, model_cfg=cfg)
+    assert main(["convert", "open-clip", str(ckpt), str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["logit_bias"] == -7.25
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["logit_bias"] == -7.25
+    tower = build_tower(ModelConfig(pretrained=str(tmp_path / "out")), tokenizer=_Ids(),
+                        loss=LossConfig(kind="siglip", siglip_bias_init=-10.0))
+    assert float(tower.logit_bias) == -7.25
+    with pytest.raises(ValueError, match="makes a logit bias .* that the checkpoint lacks"):
+        load_openclip(str(_checkpoint(tmp_path / "nobias", _openclip_state(), model_cfg=cfg)))
+
+
+class _Ids:
+    """The tokenizer facts build_tower checks: the converted model's vocabulary and end-of-text id."""
+
+    eos_token_id = 599
+
+    def __len__(self) -> int:
+        return 600
 
 
 def test_leftover_and_misshapen_weights_are_refused(tmp_path):
