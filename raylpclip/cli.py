@@ -14,6 +14,7 @@ import os
 import sys
 
 from raylpclip.config import ConfigError
+from raylpclip.run_outcome import EXIT_STOPPED, RunStopped
 from raylpclip.runtime.cluster.console import VERBOSE_ENV
 
 USAGE = "raylpclip [--verbose] COMMAND [CONFIG.yaml] [key=value ...]"
@@ -52,6 +53,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"raylpclip {ns.command}: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # on notice (SIGTERM, preemption), after a checkpoint: resumable, not a failure
+        print(f"[raylpclip] {exc}", flush=True)
+        return EXIT_STOPPED
     except (OSError, ValueError, KeyError) as exc:  # missing shards, bad data, unreachable storage
         print(f"raylpclip {ns.command}: error: {exc}", file=sys.stderr)
         return 1

@@ -154,6 +154,7 @@ def _check_train(t: TrainConfig, key: str) -> None:
     require(t.patch_dropout_until_step >= 0, f"{key}.patch_dropout_until_step",
             f"got {t.patch_dropout_until_step}, expected >= 0 (0: patch dropout on every step)")
     choice(t.parallelism, f"{key}.parallelism", ("ddp", "fsdp"))
+    require(t.stop_grace_s > 0, f"{key}.stop_grace_s", f"got {t.stop_grace_s}, expected > 0 seconds")
     require(t.peak_tflops >= 0, f"{key}.peak_tflops", f"got {t.peak_tflops}, expected >= 0 (0: look up the GPU)")
     # torch.compile of a whole tower would trace across FSDP2's per-block gathers; compile-with-fsdp needs
     # per-block compilation, which raylpclip does not do yet.

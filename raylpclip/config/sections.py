@@ -173,6 +173,9 @@ class TrainConfig:
     parallelism: str = "ddp"  # ddp | fsdp
     fsdp_reshard_after_forward: bool = True  # True: ZeRO-3 (least memory); False: ZeRO-2 (no re-gather in backward)
     fsdp_cpu_offload: bool = False  # fsdp: parameters, gradients and AdamW state live in host memory between uses
+    # SIGTERM to the driver (or a node's preemption notice): checkpoint after the current step and stop; the driver
+    # exits anyway this many seconds after SIGTERM (runtime/cluster/stop_notice.py).
+    stop_grace_s: float = 120.0
     peak_tflops: float = 0.0  # the accelerator's dense peak for `mfu`; 0: looked up by GPU name (none on CPU)
 
 

@@ -21,11 +21,15 @@ from raylpclip.parallel.fsdp_sharding import is_sharded, local_tensor, set_gradi
 class LoopState:
     step: int = 0  # optimizer steps done
     samples_seen: int = 0  # global samples consumed (all workers)
+    stopped: str | None = None  # why the loop stopped before train.steps (a stop notice), after checkpointing
 
 
 class LoopHooks(Protocol):
     def report(self, state: LoopState, metrics: dict[str, float], *, save: bool, evaluate: bool, final: bool) -> None:
         """Called on log, checkpoint and eval steps, and once at the end (final=True)."""
+
+    # Optional: `stop_reason(state) -> str | None` after every step, the same answer on every rank (a collective
+    # where the hooks need one); a reason ends the loop after a checkpoint of that step.
 
 
 @dataclass
@@ -120,6 +124,16 @@ def run_loop(
             summary["lr"] = scheduler.get_last_lr()[0]
             hooks.report(state, summary, save=save, evaluate=evaluate, final=final)
             window = _Window(first_step=state.step)
+        # A stop notice (a preemption, SIGTERM to the driver: runtime/cluster/stop_notice.py), agreed by every
+        # rank after the same step: a checkpoint of this step (unless the report above just wrote one), then out.
+        stop = None if final else getattr(hooks, "stop_reason", lambda _state: None)(state)
+        if stop:
+            if not save:
+                window.check_finite()
+                summary = window.summary(global_batch=train.batch_size) if window.steps else {}
+                hooks.report(state, dict(summary, lr=scheduler.get_last_lr()[0]), save=True, evaluate=False, final=False)
+            state.stopped = stop
+            break
     return state
 
 

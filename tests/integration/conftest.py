@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -96,3 +97,53 @@ def s3_server():
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+# The fault drills' shared fixtures (tests/integration/fault_runs.py says why they are session-wide).
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, synthetic_shards) -> Path:
+    """One tokenizer for every fault run, so that losses compare (the same vocabulary and initial weights)."""
+    from raylpclip.data.metadata import sample_captions
+    from raylpclip.data.shard_files import resolve_shards
+    from raylpclip.models.bpe_tokenizer import train_tokenizer
+
+    files, fmt = resolve_shards(str(synthetic_shards["webdataset"]))
+    out = tmp_path_factory.mktemp("tok") / "tokenizer"
+    train_tokenizer(sample_captions(files, fmt=fmt, limit=1500), vocab_size=400, out_dir=str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def fault_table(request):
+    from tests.integration.fault_runs import FaultTable
+
+    table = FaultTable()
+    yield table
+    if not table.rows:
+        return
+    text = table.write()
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+    if reporter is not None:
+        # Fixture teardown output is captured (and dropped for a passing test): print past the capture.
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            reporter.write_line("")
+            for line in text.splitlines():
+                reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def reference(ray_session, synthetic_shards, tokenizer_dir, tmp_path_factory, fault_table):
+    """The uninterrupted run every fault is compared with."""
+    from tests.integration.fault_runs import BATCH, STEPS, overrides, run_traced
+
+    out = tmp_path_factory.mktemp("reference")
+    mp = pytest.MonkeyPatch()
+    try:
+        summary, records = run_traced(overrides(synthetic_shards, tokenizer_dir, out, "ref"), out / "probe", mp)
+    finally:
+        mp.undo()
+    assert summary["step"] == STEPS and records.replayed() == 0
+    assert len(records.seen()) == STEPS * BATCH  # 1280 distinct samples of the 1500
+    fault_table.add("none (reference)", summary, summary, records)
+    return {"summary": summary, "records": records, "run_dir": out / "ref", "out": out}

@@ -2,7 +2,7 @@
 a Train worker SIGKILLed, a node removed, the driver SIGKILLed and the command re-run, the newest
 checkpoint truncated, S3 run storage answering 503 SlowDown. Every run records the samples of each
 step (the workers' trace, raylpclip/runtime/train/worker_trace.py), so "samples replayed" counts trainings on a sample already trained on
-in the same epoch. The module writes the fault table (runs/faults/fault_table.{md,json}) and prints it.
+in the same epoch. The session writes the fault table (runs/faults/fault_table.{md,json}) and prints it (fault_runs.py).
 
 One epoch is 1500 samples and a run trains 40 steps of 32 = 1280: an uninterrupted run sees no
 sample twice, and a resumed run may repeat only what it trained after its last checkpoint.
@@ -10,14 +10,12 @@ sample twice, and a resumed run may repeat only what it trained after its last c
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import s3fs
@@ -27,117 +25,16 @@ from transformers import CLIPModel
 from raylpclip.config import PretrainConfig, load_config
 from raylpclip.data.tokenization import tokenize
 from raylpclip.engine.checkpoint_state import load_state
-from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
+from raylpclip.models.bpe_tokenizer import load_tokenizer
 from raylpclip.models.clip import ClipTower
 from raylpclip.models.tower_factory import build_tower
-from raylpclip.runtime.train.pretrain_driver import run_pretrain
 from tests.drills.checkpoint_damage import checkpoint_dirs, persisted_steps, truncate
 from tests.drills.driver_kills import run_until
 from tests.drills.fault_proxy import FaultProxy, first_try_of
 from tests.drills.worker_kills import TRACE_ENV, TraceRecords, kill_worker_when
+from tests.integration.fault_runs import BATCH, EVERY, INTERVAL, STEPS, assert_close_to_reference, overrides, run_traced
 
 pytestmark = pytest.mark.ray
-REPO = Path(__file__).resolve().parents[2]
-STEPS, EVERY, BATCH = 40, 10, 32
-INTERVAL = EVERY * BATCH  # samples of one checkpoint interval
-# Final loss (mean of the last 10 steps) of a faulted run vs the reference: the data order differs
-# between any two runs (parallel reads), which moves it by up to ~0.15 here.
-LOSS_TOLERANCE = 0.3
-
-
-@pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory, synthetic_shards) -> Path:
-    """One tokenizer for every run, so that losses compare (the same vocabulary and initial weights)."""
-    from raylpclip.data.metadata import sample_captions
-    from raylpclip.data.shard_files import resolve_shards
-
-    files, fmt = resolve_shards(str(synthetic_shards["webdataset"]))
-    out = tmp_path_factory.mktemp("tok") / "tokenizer"
-    train_tokenizer(sample_captions(files, fmt=fmt, limit=1500), vocab_size=400, out_dir=str(out))
-    return out
-
-
-def overrides(shards, tokenizer_dir, out: Path, name: str, *extra: str) -> list[str]:
-    return [
-        f"data.train={shards['webdataset']}", f"output_dir={out}", f"name={name}", f"model.tokenizer={tokenizer_dir}",
-        f"train.steps={STEPS}", f"train.checkpoint_every={EVERY}", f"train.log_every={EVERY}", f"train.batch_size={BATCH}",
-        "train.keep_checkpoints=2", "data.image_size=32", "data.shuffle_buffer=64", "data.decode_batch_size=64",
-        "model.overrides={vision.image_size: 32, vision.patch_size: 8, vision.num_hidden_layers: 1, text.num_hidden_layers: 1}",
-        *extra,
-    ]
-
-
-class FaultTable:
-    """Rows of the closing table, written and printed when the module ends."""
-
-    COLUMNS = ("fault", "finished", "final step", "reference step", "resumed from", "samples replayed",
-               "replay bound", "final loss", "reference loss")
-
-    def __init__(self):
-        self.rows: list[dict] = []
-
-    def add(self, fault: str, summary: dict | None, reference: dict, records: TraceRecords | None, *,
-            resumed_from=None, bound=INTERVAL) -> None:
-        self.rows.append({
-            "fault": fault, "finished": summary is not None and summary.get("step") == STEPS,
-            "final step": summary.get("step") if summary else None, "reference step": reference["step"],
-            "resumed from": resumed_from, "samples replayed": records.replayed() if records else None,
-            "replay bound": bound, "final loss": round(summary["loss"], 4) if summary else None,
-            "reference loss": round(reference["loss"], 4)})
-
-    def markdown(self) -> str:
-        lines = ["| " + " | ".join(self.COLUMNS) + " |", "|" + "---|" * len(self.COLUMNS)]
-        for row in self.rows:
-            lines.append("| " + " | ".join("" if row[c] is None else str(row[c]) for c in self.COLUMNS) + " |")
-        return "\n".join(lines)
-
-
-@pytest.fixture(scope="module")
-def fault_table(request):
-    table = FaultTable()
-    yield table
-    if not table.rows:
-        return
-    out = Path(os.environ.get("RAYLPCLIP_RESULTS_DIR", REPO / "runs" / "faults"))
-    out.mkdir(parents=True, exist_ok=True)
-    text = (f"Faults injected into {STEPS}-step runs (batch {BATCH}, checkpoint every {EVERY} steps, 2 CPU workers), "
-            f"against one uninterrupted run\n\n{table.markdown()}\n")
-    (out / "fault_table.md").write_text(text)
-    (out / "fault_table.json").write_text(json.dumps(table.rows, indent=2))
-    reporter = request.config.pluginmanager.getplugin("terminalreporter")
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    if reporter is not None:
-        # Fixture teardown output is captured (and dropped for a passing test): print past the capture.
-        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
-            reporter.write_line("")
-            for line in text.splitlines():
-                reporter.write_line(line)
-
-
-def _run(cfg_overrides: list[str], probe: Path, monkeypatch) -> tuple[dict, TraceRecords]:
-    monkeypatch.setenv(TRACE_ENV, str(probe))
-    summary = run_pretrain(load_config(PretrainConfig, None, cfg_overrides))
-    return summary, TraceRecords.read(probe)
-
-
-@pytest.fixture(scope="module")
-def reference(ray_session, synthetic_shards, tokenizer_dir, tmp_path_factory, fault_table):
-    """The uninterrupted run every fault is compared with."""
-    out = tmp_path_factory.mktemp("reference")
-    mp = pytest.MonkeyPatch()
-    try:
-        summary, records = _run(overrides(synthetic_shards, tokenizer_dir, out, "ref"), out / "probe", mp)
-    finally:
-        mp.undo()
-    assert summary["step"] == STEPS and records.replayed() == 0
-    assert len(records.seen()) == STEPS * BATCH  # 1280 distinct samples of the 1500
-    fault_table.add("none (reference)", summary, summary, records)
-    return {"summary": summary, "records": records, "run_dir": out / "ref", "out": out}
-
-
-def _assert_close_to_reference(summary: dict, reference: dict) -> None:
-    assert summary["step"] == STEPS and summary["samples_seen"] == STEPS * BATCH
-    assert abs(summary["loss"] - reference["summary"]["loss"]) < LOSS_TOLERANCE, (summary["loss"], reference["summary"]["loss"])
 
 
 def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_shards, tokenizer_dir, tmp_path,
@@ -145,7 +42,7 @@ def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_s
     probe = tmp_path / "probe"
     # SIGKILL rank 1 as soon as checkpoint 10 is in storage (uploads may finish some steps later).
     killer = kill_worker_when(probe, rank=1, when=lambda: 10 in persisted_steps(tmp_path / "worker-kill"))
-    summary, records = _run(overrides(synthetic_shards, tokenizer_dir, tmp_path, "worker-kill", "train.max_failures=2"),
+    summary, records = run_traced(overrides(synthetic_shards, tokenizer_dir, tmp_path, "worker-kill", "train.max_failures=2"),
                             probe, monkeypatch)
     killer.join(timeout=5)
     assert killer.killed is not None, "the worker was never killed"
@@ -157,7 +54,7 @@ def test_killed_worker_is_replaced_and_training_continues(reference, synthetic_s
     resumed_from = resumed.pop()
     assert resumed_from >= 10 and resumed_from < killed_at  # the newest checkpoint in storage, not step 0
     assert killer.killed not in {w["pid"] for w in restarts}  # a new process replaced the killed one
-    _assert_close_to_reference(summary, reference)
+    assert_close_to_reference(summary, reference)
     # replayed: only what was trained between that checkpoint and the kill (the rest of the epoch was skipped)
     assert records.replayed() <= min(INTERVAL, (killed_at - resumed_from) * BATCH)
     fault_table.add(f"worker SIGKILL (rank 1, at step {killed_at})", summary, reference["summary"], records,
@@ -175,10 +72,10 @@ def test_killed_driver_rerun_resumes_checkpoint_and_data_position(reference, syn
               until=lambda: 20 in persisted_steps(tmp_path / "driver-kill"), env=env, timeout=900)
     killed_at = TraceRecords.read(probe).max_step()
     assert 20 < killed_at < 30
-    summary, records = _run(cfg, probe, monkeypatch)  # the same command again, same name: resumes
+    summary, records = run_traced(cfg, probe, monkeypatch)  # the same command again, same name: resumes
     resumed = {w["start_step"] for w in records.workers if w["start_step"] > 0}
     assert resumed == {20}
-    _assert_close_to_reference(summary, reference)
+    assert_close_to_reference(summary, reference)
     replayed = records.replayed()
     # Without the data position the rerun would start the epoch over and repeat all 640 samples of
     # steps 1-20 as well; with it only the steps after checkpoint 20 come again.
@@ -212,7 +109,7 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_pa
     newest = checkpoint_dirs(run_dir)[-1]
     truncate(newest / "state.pt")
     probe = tmp_path / "probe"
-    summary, records = _run(overrides(synthetic_shards, tokenizer_dir, tmp_path, "ref"), probe, monkeypatch)
+    summary, records = run_traced(overrides(synthetic_shards, tokenizer_dir, tmp_path, "ref"), probe, monkeypatch)
     out = capfd.readouterr().out
     assert f"unusable checkpoints ({newest.name}: state.pt has" in out and "resumes from" in out
     assert {w["start_step"] for w in records.workers} == {30}  # fell back from 40 to 30 and trained 31..40
@@ -220,7 +117,7 @@ def test_truncated_newest_checkpoint_is_skipped_with_a_warning(reference, tmp_pa
     # the 10 steps it trained are samples the reference had not used up to step 30
     before = {p for b in reference["records"].batches if b["step"] <= 30 for p in b["positions"]}
     assert not before & set(records.seen())
-    _assert_close_to_reference(summary, reference)
+    assert_close_to_reference(summary, reference)
     fault_table.add("newest checkpoint truncated (state.pt cut in half)", summary, reference["summary"], records,
                     resumed_from=30)
 
@@ -236,14 +133,14 @@ def test_s3_storage_with_transient_errors(reference, s3_server, runs_bucket, syn
     with FaultProxy(s3_server, fail=first_try_of(r"/state\.pt$")) as proxy:
         cfg = overrides(synthetic_shards, tokenizer_dir, tmp_path, "s3-errors", f"ray.storage_path={runs_bucket}",
                         f"data.s3.endpoint_url={proxy.url}")
-        summary, records = _run(cfg, tmp_path / "probe", monkeypatch)
+        summary, records = run_traced(cfg, tmp_path / "probe", monkeypatch)
     assert proxy.total_injected >= STEPS // EVERY  # every checkpoint's first upload of state.pt failed
     assert summary["storage_retries"] == proxy.total_injected  # each one retried, each retry counted
     assert summary["checkpoint"].startswith("runs/faults/s3-errors/checkpoint_")
     fs = s3fs.S3FileSystem(key="testing", secret="testing", client_kwargs={"endpoint_url": s3_server})
     stored = fs.ls(f"runs/faults/s3-errors/{summary['checkpoint'].rsplit('/', 1)[1]}")
     assert {p.rsplit("/", 1)[1] for p in stored} >= {"state.pt", "meta.json", "manifest.json", "data_position.json"}
-    _assert_close_to_reference(summary, reference)
+    assert_close_to_reference(summary, reference)
     fault_table.add(f"S3 storage, {proxy.total_injected} PUTs answered 503 SlowDown", summary, reference["summary"],
                     records, bound=0)
     assert records.replayed() == 0
@@ -271,7 +168,7 @@ def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, syntheti
     assert resumed_from >= 10  # the newest checkpoint in storage when the node went
     assert f"resumed node-loss at step {resumed_from}" in out and "with 1 workers" in out
     summary = result["summary"]
-    _assert_close_to_reference(summary, reference)
+    assert_close_to_reference(summary, reference)
     records = TraceRecords.read(tmp_path / "probe")
     assert records.replayed() <= INTERVAL
     fault_table.add(f"node removed (at step {result['removed_after_step']}), elastic 2 -> 1 workers", summary,

@@ -94,3 +94,42 @@ def test_grad_clip_bounds_the_update_and_reports_the_norm():
     step = (task.model.weight.detach() - before).norm()
     assert step == pytest.approx(0.1 * 0.5, rel=1e-4)  # lr * max_norm
     assert hooks.calls[-1][5]["grad_norm"] > 0.5
+
+
+class StopAfter(Recorder):
+    """Hooks whose stop notice arrives after step `at` (as WorkerHooks.stop_reason answers on every rank)."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at, self.asked = at, []
+
+    def stop_reason(self, state):
+        self.asked.append(state.step)
+        return "SIGTERM" if state.step >= self.at else None
+
+
+@pytest.mark.parametrize("at, saves", [(7, [5, 7]), (5, [5])])
+def test_a_stop_notice_checkpoints_that_step_and_ends_the_loop(at, saves):
+    """Stopped after step 7: a checkpoint of step 7 (not an evaluation, not final), then out; a stop right after
+    a periodic checkpoint (step 5) writes no second one. Nothing is asked after the final step."""
+    task = LinearTask()
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    hooks = StopAfter(at)
+    state = run_loop(task, optimizer=opt, scheduler=sched, batches=iter(_data(10, 4)), state=LoopState(),
+                     train=TrainConfig(steps=10, batch_size=4, num_workers=1, log_every=4, checkpoint_every=5),
+                     optim=OptimConfig(), hooks=hooks)
+    assert state.step == at and state.stopped == "SIGTERM" and task.after_steps == at
+    assert [c[0] for c in hooks.calls if c[2]] == saves and not any(c[4] for c in hooks.calls)
+    assert hooks.calls[-1][0] == at and "loss" in hooks.calls[-1][5]
+    assert hooks.asked == list(range(1, at + 1))
+    unstopped = StopAfter(99)
+    _run_with(LinearTask(), unstopped, steps=3)
+    assert unstopped.asked == [1, 2]  # never after the final step
+
+
+def _run_with(task, hooks, *, steps):
+    opt = torch.optim.SGD(task.model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    return run_loop(task, optimizer=opt, scheduler=sched, batches=iter(_data(steps, 4)), state=LoopState(),
+                    train=TrainConfig(steps=steps, batch_size=4, num_workers=1), optim=OptimConfig(), hooks=hooks)

@@ -29,6 +29,7 @@ from raylpclip.models.classifier import context_length, load_classifier, load_en
 from raylpclip.models.head import LinearProbe
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
+from raylpclip.runtime.cluster.stop_notice import new_notice
 from raylpclip.runtime.data.decode_pool import eval_dataset
 from raylpclip.runtime.train.finetune_worker import FinetuneWorkerArgs, finetune_worker
 from raylpclip.runtime.train.trainer_factory import (TrainData, fit, inspect_train_data, make_trainer,
@@ -65,13 +66,13 @@ def prepare_start(cfg: FinetuneConfig, tower, tokenizer, classnames: list[str]) 
 
 
 def build_trainer(cfg: FinetuneConfig, *, start_ref, tokenizer, num_classes: int, data: TrainData,
-                  counter) -> TorchTrainer:
+                  counter, notice=None) -> TorchTrainer:
     inputs = train_inputs(cfg, data, tokenizer=tokenizer, counter=counter, with_eval=cfg.train.eval_every > 0)
     storage, filesystem = run_storage(cfg)
     args = FinetuneWorkerArgs(config=cfg, start=start_ref, num_classes=num_classes, tokenizer=tokenizer,
                               train_files=inputs.files, train_formats=inputs.formats,
                               train_filesystems=inputs.filesystems, run_storage=(filesystem, run_path(cfg, storage)),
-                              train_samples=data.samples, counter=counter)
+                              train_samples=data.samples, counter=counter, notice=notice)
     return make_trainer(finetune_worker, args, name=cfg.name, storage=storage, filesystem=filesystem,
                         num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                         resources={"CPU": cfg.train.cpus_per_worker}, datasets=inputs.datasets,
@@ -193,9 +194,10 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
           f"of {cfg.train.batch_size}, trainable {cfg.trainable}{' + head' if cfg.train_head else ''}", flush=True)
     ensure_ray(cfg.ray)
     counter = counters.new_counter()
+    notice = new_notice()
     trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=resolved.tokenizer, num_classes=len(classnames),
-                            data=data, counter=counter)
-    result = fit(trainer, cfg.name)
+                            data=data, counter=counter, notice=notice)
+    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s)
     draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, theta_0=theta_0, zeroshot_dir=zeroshot_dir, counter=counter,
                   start=start_time)

@@ -41,6 +41,7 @@ class FinetuneWorkerArgs:
     run_storage: tuple[Any, str]  # (filesystem or None, run path): where the checkpoints to resume from are
     train_samples: int | None = None
     counter: Any = None  # the run's skip counter (runtime/cluster/counters.py)
+    notice: Any = None  # the run's stop notice (runtime/cluster/stop_notice.py)
 
 
 class FinetuneHooks(WorkerHooks):
@@ -122,8 +123,8 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
                             fail_after=cfg.data.fail_after_bad, source=sources)
     hooks = FinetuneHooks(plain=lambda: ray.get(args.start)["model"], task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, place=place, start=state,
                           streams=streams, counter=args.counter, train_samples=args.train_samples,
-                          meta={"method": cfg.method})
+                          meta={"method": cfg.method}, notice=args.notice)
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
              train=cfg.train, optim=cfg.optim, hooks=hooks, device=place.device)
-    if not hooks.reported_final:  # restored at the last step: nothing to train, still report the result
+    if not hooks.reported_final and not state.stopped:  # restored at the last step: still report the result
         hooks.report_finished(state, restored, evaluate=False)

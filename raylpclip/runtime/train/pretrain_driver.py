@@ -23,6 +23,7 @@ from raylpclip.models.bpe_tokenizer import load_tokenizer, train_tokenizer
 from raylpclip.models.model_card import write_model_card
 from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
+from raylpclip.runtime.cluster.stop_notice import new_notice
 from raylpclip.runtime.train.pretrain_worker import PretrainWorkerArgs, pretrain_worker
 from raylpclip.runtime.train.trainer_factory import (TrainData, fit, inspect_train_data, make_trainer,
                                                      must_have_checkpoint, run_path, run_storage, train_inputs)
@@ -90,7 +91,7 @@ def resolve(cfg: PretrainConfig) -> Resolved:
 
 def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data: TrainData, counter,
                   callbacks: tuple = (), storage_counter=None, bench: dict | None = None,
-                  data_options=None) -> TorchTrainer:
+                  data_options=None, notice=None) -> TorchTrainer:
     """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune
     trial. With `RAYLPCLIP_WORKER_TRACE=<dir>` in the environment the workers record their pids and
     batches there (runtime/train/worker_trace.py)."""
@@ -102,7 +103,7 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
         train_formats=inputs.formats, train_filesystems=inputs.filesystems,
         run_storage=(filesystem, run_path(cfg, storage)), train_samples=data.samples, counter=counter,
         storage_counter=storage_counter, elastic=f"{elastic[0]}-{elastic[1]}" if elastic else None,
-        trace=os.environ.get(TRACE_ENV) or None, bench=bench)
+        trace=os.environ.get(TRACE_ENV) or None, bench=bench, notice=notice)
     return make_trainer(pretrain_worker, args, name=cfg.name, storage=storage, filesystem=filesystem,
                         num_workers=elastic or cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
                         resources={"CPU": cfg.train.cpus_per_worker, **cfg.train.worker_resources},
@@ -158,8 +159,9 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
           f"{cfg.train.num_workers} workers, {cfg.train.steps} steps of {cfg.train.batch_size}", flush=True)
     ensure_ray(cfg.ray)
     counter, storage_counter = counters.new_counter(), counters.new_counter()
+    notice = new_notice()
     trainer = build_trainer(cfg, tokenizer=resolved.tokenizer, classnames=classnames, data=data, counter=counter,
-                            storage_counter=storage_counter)
-    result = fit(trainer, cfg.name)
+                            storage_counter=storage_counter, notice=notice)
+    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s)
     draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, counter=counter, storage_counter=storage_counter, start=start)

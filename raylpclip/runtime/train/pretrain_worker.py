@@ -42,6 +42,7 @@ class PretrainWorkerArgs:
     elastic: str | None = None  # "min-max" workers of an elastic group, for the first line
     trace: str | None = None  # RAYLPCLIP_WORKER_TRACE's directory (runtime/train/worker_trace.py)
     bench: dict | None = field(default=None)  # `raylpclip bench train`'s clock settings (engine/clock.py)
+    notice: Any = None  # the run's stop notice (runtime/cluster/stop_notice.py)
 
 
 class PretrainHooks(WorkerHooks):
@@ -144,10 +145,11 @@ def pretrain_worker(args: PretrainWorkerArgs) -> None:
                            filesystems=args.train_filesystems, say=place.say)
     hooks = PretrainHooks(task=t.task, optimizer=t.optimizer, scheduler=t.scheduler, cfg=cfg, place=place,
                           start=state, streams=streams, counter=args.counter, storage_counter=args.storage_counter,
-                          train_samples=args.train_samples, tokenizer=args.tokenizer, classnames=args.classnames)
+                          train_samples=args.train_samples, tokenizer=args.tokenizer, classnames=args.classnames,
+                          notice=args.notice)
     # Under `raylpclip bench train` a clock times every step and passes the calls through (engine/clock.py).
     loop_hooks, loop_train = clocked(hooks, cfg.train, args.bench, device=place.device)
     run_loop(t.task, optimizer=t.optimizer, scheduler=t.scheduler, batches=streams.batches(micro), state=state,
              train=loop_train, optim=cfg.optim, hooks=loop_hooks, device=place.device)
-    if not hooks.reported_final:  # restored at the last step: nothing to train, still report the result
+    if not hooks.reported_final and not state.stopped:  # restored at the last step: still report the result
         hooks.report_finished(state, restored, evaluate=True)

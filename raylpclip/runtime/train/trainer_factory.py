@@ -5,6 +5,7 @@ TorchTrainer itself, and `fit`, which turns a data or checkpoint error deep insi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from raylpclip.data.decode import DataError
 from raylpclip.data.shard_files import read_stats, resolve_shards
 from raylpclip.data.storage import arrow_filesystem, storage_filesystem
 from raylpclip.engine.checkpoint_state import CheckpointError
+from raylpclip.run_outcome import RunStopped
+from raylpclip.runtime.cluster.stop_notice import stop_on_sigterm
 from raylpclip.runtime.data.batch_stream import source_names
 from raylpclip.runtime.data.decode_pool import eval_dataset, train_source
 from raylpclip.runtime.train.worker_setup import progress
@@ -150,8 +153,24 @@ def _data_error_line(exc: BaseException) -> tuple[type, str] | None:
     return None
 
 
-def fit(trainer: TorchTrainer, name: str):
-    """trainer.fit(), with a data or checkpoint error from deep inside a worker raised as one clear line."""
+def fit(trainer: TorchTrainer, name: str, *, notice=None, steps: int | None = None, grace_s: float = 120.0):
+    """trainer.fit(), with a data or checkpoint error from deep inside a worker raised as one clear line.
+
+    With the run's stop `notice` (runtime/cluster/stop_notice.py), SIGTERM during the fit asks the workers to
+    checkpoint and stop; a run that ended before `steps` that way (or on a preemption notice) raises RunStopped,
+    naming the step and checkpoint the same command resumes from."""
+    with stop_on_sigterm(notice, grace_s=grace_s, say=progress) if notice is not None else contextlib.nullcontext():
+        result = _fit(trainer, name)
+    step = (result.metrics or {}).get("step")
+    if steps is not None and step is not None and step < steps:
+        reason = (ray.get(notice.get.remote()) if notice is not None else None) or "a preemption notice"
+        where = f"; {result.checkpoint.path} holds it" if result.checkpoint is not None else ""
+        raise RunStopped(f"run {name} stopped at step {step} of {steps} ({reason}){where}; run the same command "
+                         "again to resume")
+    return result
+
+
+def _fit(trainer: TorchTrainer, name: str):
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:

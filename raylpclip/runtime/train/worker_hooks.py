@@ -24,9 +24,11 @@ from raylpclip.engine.loop import LoopState
 from raylpclip.engine.metrics_log import MetricsLog
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.run_state import save_run_state
+from raylpclip.distributed import all_reduce_sum
 from raylpclip.engine.clock import peak_memory_mb
 from raylpclip.parallel.fsdp_sharding import gather_whole_state, is_sharded, local_bytes, optimizer_tensors
 from raylpclip.runtime.cluster import counters
+from raylpclip.runtime.cluster.stop_notice import StopWatch
 from raylpclip.runtime.train.worker_setup import WorkerPlace, progress, report_checkpoint
 
 SIGHTINGS = "skip_sightings_"  # metrics: how often the skipped samples were read, by reason
@@ -68,12 +70,14 @@ class WorkerHooks:
     `storage_counter`: the run's skip and storage-retry counts; `meta`: extra checkpoint metadata."""
 
     def __init__(self, *, task, optimizer, scheduler, cfg, place: WorkerPlace, start: LoopState, streams=None,
-                 counter=None, storage_counter=None, train_samples: int | None = None, meta: dict | None = None):
+                 counter=None, storage_counter=None, train_samples: int | None = None, meta: dict | None = None,
+                 notice=None):
         self.task, self.optimizer, self.scheduler, self.cfg, self.place = task, optimizer, scheduler, cfg, place
         self.streams, self.counter, self.storage_counter = streams, counter, storage_counter
         self.train_samples, self.meta = train_samples, {"name": cfg.name, **(meta or {})}
         self.start_samples, self.start_time = start.samples_seen, time.perf_counter()
         self.reported_final = False
+        self.watch = StopWatch(notice) if notice is not None else None  # runtime/cluster/stop_notice.py
         # The curves are rank 0's, like the progress line: every rank reports the same step.
         self.curves = open_curves(curves_dir(cfg), start_step=start.step) if place.rank == 0 else None
 
@@ -98,7 +102,7 @@ class WorkerHooks:
             metrics.update({f"skipped_{k}": v for k, v in skips["skipped"].items()})
             metrics.update({f"{SIGHTINGS}{k}": v for k, v in skips["skipped_sightings"].items()})
             metrics.update(counters.totals(self.storage_counter))
-            if not quiet:
+            if not quiet and "loss" in metrics:  # none: a stop's checkpoint right after a logged step
                 progress(self.line(state, metrics) + self.tail(metrics) + self.results(metrics))
             if self.curves is not None:
                 self.curves.write(state.step, metrics)
@@ -136,6 +140,22 @@ class WorkerHooks:
         carried = {k: v for k, v in (restored.metrics or {}).items()
                    if k != "train_samples_per_s" and not k.startswith(("skipped_", SIGHTINGS))}
         self.report(state, carried, save=not restored.registered, evaluate=evaluate, final=True, quiet=True)
+
+    def stop_reason(self, state: LoopState) -> str | None:
+        """After a step: why the run must stop now (a stop notice seen by any worker), the same on every rank.
+        One all-reduce of a flag, every step on CPU; on an accelerator only at log steps, where the report has
+        synchronised the host already (a flag read every step would stall the queued kernels)."""
+        if self.watch is None:
+            return None
+        if self.device.type != "cpu" and state.step % self.cfg.train.log_every:
+            return None
+        mine = self.watch.reason()
+        if not all_reduce_sum(torch.tensor([1.0 if mine else 0.0], device=self.device)).item():
+            return None
+        reason = mine or "a stop notice seen by another worker"
+        self.place.say(f"[raylpclip] {reason}: checkpointing step {state.step} and stopping; the same command "
+                       "resumes from it")
+        return reason
 
     def memory_figures(self) -> dict:
         """What this worker (rank 0's, in the line) holds: its peak memory (torch's peak allocation on a GPU, the
