@@ -4,9 +4,13 @@ Two row shapes arrive, both img2dataset layouts:
 - webdataset read with `decoder=None`: `__key__`, `jpg` (bytes), `txt` (bytes), `json` (bytes)
 - parquet: `key`, `jpg` (bytes), `txt` (str), metadata columns such as `label`
 
-A bad sample (undecodable image, missing/empty caption) is dropped and counted by reason, with its
-identity (`skip_id` of its shard and key) so that a run's counter can tell a sample read again in the
-next epoch from a new one; the rest of the batch goes on.
+A bad sample is dropped and counted by reason (`bad_image`: missing, undecodable or too large an image;
+`no_caption`: missing or blank; `bad_caption`: not UTF-8 or not text), with its identity (`skip_id` of
+its shard and key) so that a run's counter can tell a sample read again in the next epoch from a new
+one; the rest of the batch goes on. Each row takes its image and caption from the first of the known
+columns that it has (a shard may name one sample's image `.png`, another's `.jpg`), and a batch without
+any such column has only bad samples: a shard of another layout costs its samples, not the run, and
+`fail_after_bad` stops a run whose every shard is so (naming the columns found).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from raylpclip import batch_schema
+from raylpclip.data.caption_text import caption_text, clip_caption, missing
 from raylpclip.data.tokenization import tokenize
 from raylpclip.data.transforms import decode_image, eval_transform, train_draft_side, train_transform
 
@@ -30,13 +35,14 @@ def _first_present(batch: dict[str, Any], names: tuple[str, ...]) -> str | None:
     return next((n for n in names if n in batch), None)
 
 
-def _missing(value: Any) -> bool:
-    """None, or the NaN that pandas puts where a webdataset sample lacks a member."""
-    return value is None or (isinstance(value, float) and value != value)
+def _row_value(batch: dict[str, Any], names: tuple[str, ...], i: int) -> Any:
+    """Row i's value in the first of the columns `names` where it has one (None if in none)."""
+    return next((batch[n][i] for n in names if n in batch and not missing(batch[n][i])), None)
 
 
 def _as_text(value: Any) -> str:
-    if _missing(value):
+    """Lenient text (metadata members, views.py's captions): undecodable bytes become U+FFFD."""
+    if missing(value):
         return ""
     if isinstance(value, (bytes, bytearray, np.bytes_)):
         return bytes(value).decode("utf-8", errors="replace").strip()
@@ -55,21 +61,28 @@ def _row_meta(batch: dict[str, Any], i: int) -> dict[str, Any]:
         try:
             meta = json.loads(_as_text(batch["json"][i]))
             return meta if isinstance(meta, dict) else {}
-        except ValueError:
+        except (ValueError, RecursionError):  # (a damaged member, or JSON nested deeper than the parser goes)
             return {}
     return {}
 
 
+INT64 = np.iinfo(np.int64)
+
+
 def _label(meta: dict[str, Any]) -> int:
+    """The class label, -1 where none fits an int64 (absent, text, NaN, infinite, or out of range)."""
     try:
-        return int(meta.get("label", -1)) if meta.get("label") is not None else -1
-    except (TypeError, ValueError):
+        label = int(meta.get("label", -1)) if meta.get("label") is not None else -1
+    except (TypeError, ValueError, OverflowError):
         return -1
+    return label if INT64.min <= label <= INT64.max else -1
 
 
 def stable_id(text: str) -> int:
-    """A process-independent int64 for a string (Python's hash() is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+    """A process-independent int64 for a string (Python's hash() is salted per process); lone surrogates
+    (a JSON "\\udce9" escape) are hashed as they are, not refused."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
+                          signed=True)
 
 
 def skip_id(shard: str, key: str) -> int:
@@ -148,6 +161,7 @@ class BatchDecoder:
         self.skipped_ids: dict[str, list[int]] = {}
         self.fail_after_bad = fail_after_bad
         self.seen = self.kept = 0
+        self.layout: tuple[str, str] | None = None  # (shards, columns) of a batch without image or caption columns
         # The side a JPEG keeps when decoded in draft: what every crop box (train) or the short side (eval) needs.
         if not jpeg_draft:
             self.draft = None
@@ -157,15 +171,11 @@ class BatchDecoder:
             self.draft = image_size
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
-        image_col = _first_present(batch, IMAGE_KEYS)
-        text_col = _first_present(batch, TEXT_KEYS)
-        if image_col is None or text_col is None:
-            # Wrong member names (e.g. `input.jpg` -> column `input.jpg`): no sample can be usable.
-            raise DataError(
-                f"shards {source_paths(batch)} have keys [{describe_columns(batch)}]; expected an image "
-                f"{list(IMAGE_KEYS)} and a caption {list(TEXT_KEYS)} per sample (img2dataset layout)"
-            )
-        n = len(batch[image_col])
+        if _first_present(batch, IMAGE_KEYS) is None or _first_present(batch, TEXT_KEYS) is None:
+            # Wrong member names (e.g. `input.jpg` -> column `input.jpg`): kept for the error that
+            # `fail_after_bad` raises if no shard has any usable sample.
+            self.layout = (source_paths(batch), describe_columns(batch))
+        n = len(next(iter(batch.values()))) if batch else 0
         keys = _keys(batch, n)
         names = _skip_names(batch, keys)
         # Each image is written straight into its row of the batch's array (a skipped one's row is
@@ -173,12 +183,12 @@ class BatchDecoder:
         images = np.empty((n, 3, self.image_size, self.image_size), np.uint8)
         texts, labels, image_ids, kept, kept_rows = [], [], [], [], []
         for i in range(n):
-            image = self._image(batch[image_col][i], out=images[len(kept)])
-            text = _as_text(batch[text_col][i])
+            image = self._image(_row_value(batch, IMAGE_KEYS, i), out=images[len(kept)])
+            text = caption_text(_row_value(batch, TEXT_KEYS, i))
             if image is None or not text:
-                self._skip("bad_image" if image is None else "no_caption", names[i])
+                self._skip("bad_image" if image is None else "no_caption" if text == "" else "bad_caption", names[i])
                 continue
-            texts.append(text)
+            texts.append(clip_caption(text, self.context_length, getattr(self.tokenizer, "truncation_side", "right")))
             meta = _row_meta(batch, i)
             labels.append(_label(meta))
             image_ids.append(_image_id(meta, keys[i]))
@@ -205,8 +215,11 @@ class BatchDecoder:
         self.seen += seen
         self.kept += kept
         if self.fail_after_bad and self.kept == 0 and self.seen >= self.fail_after_bad:
+            layout = "" if self.layout is None else (
+                f"; shards {self.layout[0]} have keys [{self.layout[1]}]; expected an image {list(IMAGE_KEYS)} and a "
+                f"caption {list(TEXT_KEYS)} per sample (img2dataset layout)")
             raise DataError(f"no usable sample among the first {self.seen} read from shards {source_paths(batch)}: "
-                            f"skipped {dict(self.skipped)}")
+                            f"skipped {dict(self.skipped)}{layout}")
 
     def _image(self, data: Any, out: np.ndarray) -> np.ndarray | None:
         if not isinstance(data, (bytes, bytearray, memoryview, np.bytes_)) or len(data) == 0:

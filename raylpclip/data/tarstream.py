@@ -8,9 +8,14 @@ the first header that is anything else (pax or GNU long-name records, links, spa
 compressed input, damage) the rest of the stream goes to `tarfile` itself, so every archive gives the
 same members and the same errors as `tarfile.open(fileobj=stream, mode="r|*")`.
 
-One difference by design: a header whose checksum is right is trusted for its name, size and type;
+Two differences by design. A header whose checksum is right is trusted for its name, size and type;
 `tarfile` would also reject one whose mode, uid or mtime field is not octal, which no writer emits
-and no corruption produces without breaking the checksum.
+and no corruption produces without breaking the checksum. And where a header should follow a member,
+`tarfile` stops quietly at anything but a header: a garbled block (a flipped bit), a short one or the
+end of the stream (a file cut at or inside a header); the members after it were lost without a word.
+Every writer ends an archive with a zero block, so those raise `tarfile.ReadError` here, naming the
+byte offset, and the shard is counted as damaged (`readable_members`). (Past the first header that
+`tarfile` reads itself, pax or GNU records, its quiet stops remain.)
 """
 
 from __future__ import annotations
@@ -80,10 +85,17 @@ def _plain(header: bytes) -> tuple[str, int, bytes] | None:
 
 
 def _with_tarfile(head: bytes, stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
-    with tarfile.open(fileobj=io.BufferedReader(_Prepended(head, stream)), mode="r|*") as tar:
-        for info in tar:
-            if info.isreg():
-                yield info.name, tar.extractfile(info).read()
+    """tarfile's members; its other errors on damaged input are ReadErrors too (a 3-byte file of gzip's
+    magic raised TypeError from tarfile's gzip header parser), but not the storage's (OSError)."""
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_Prepended(head, stream)), mode="r|*") as tar:
+            for info in tar:
+                if info.isreg():
+                    yield info.name, tar.extractfile(info).read()
+    except (tarfile.TarError, OSError):
+        raise
+    except Exception as exc:  # zlib, lzma, struct, TypeError...: the bytes are no archive
+        raise tarfile.ReadError(f"unreadable archive: {type(exc).__name__}: {exc}") from exc
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -97,20 +109,24 @@ def _checksum_ok(header: bytes) -> bool:
 def regular_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
     """(name, bytes) of each regular member of a tar stream, in archive order; raises tarfile.TarError
     where `tarfile` would (truncated data, a stream that is no tar at all)."""
-    first = True
+    first, offset = True, 0
     while True:
         header = stream.read(BLOCK)
-        if not first and (len(header) < BLOCK or not header.strip(b"\0")):
-            return  # end of archive: tarfile stops quietly at a short or zero block after a member
+        if not first and len(header) == BLOCK and not header.strip(b"\0"):
+            return  # the end-of-archive marker
+        if not first and len(header) < BLOCK:
+            raise tarfile.ReadError(f"archive cut at byte {offset + len(header)}, before its end-of-archive marker")
         plain = _plain(header) if len(header) == BLOCK else None
         if plain is None:
             # The first block, or a real header of another kind: tarfile takes over from here (it
-            # raises, stops or reads on). Garbage after a member: tarfile stops there, without an error.
+            # raises, stops or reads on).
             if first or _checksum_ok(header):
                 yield from _with_tarfile(header, stream)
-            return
+                return
+            raise tarfile.ReadError(f"no valid tar header at byte {offset} (damaged)")
         first = False
         name, size, kind = plain
+        offset += BLOCK
         if kind == DIRECTORY:
             continue  # tarfile skips no data after a directory header, whatever its size field says
         padded = -(-size // BLOCK) * BLOCK
@@ -120,6 +136,7 @@ def regular_members(stream: BinaryIO) -> Iterator[tuple[str, bytes]]:
         yield name, data[:size] if padded != size else data
         if len(data) < padded:
             raise tarfile.ReadError("unexpected end of data")  # as tarfile, when it moves to the next header
+        offset += padded
 
 
 def readable_members(stream: BinaryIO, path: str,
@@ -136,13 +153,17 @@ def readable_members(stream: BinaryIO, path: str,
 
 def group_samples(members: Iterator[tuple[str, bytes]]) -> Iterator[dict[str, bytes | str]]:
     """Consecutive members sharing a key (`dir/key.ext`: everything before the basename's first dot)
-    form one sample {"__key__": key, ext: bytes, ...}, as the webdataset format defines it."""
+    form one sample {"__key__": key, ext: bytes, ...}, as the webdataset format defines it (members
+    without an extension, or with one starting `__`, are left out)."""
     current, sample = None, {}
     for name, data in members:
+        # A name that is not UTF-8 (tar names are bytes) is read with its bytes as escapes: keys and
+        # columns must be text (Arrow strings, skip identities).
+        name = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         directory, base = posixpath.split(name)
         key, _, ext = base.partition(".")
-        if not ext:
-            continue
+        if not ext or ext.startswith("__"):
+            continue  # no extension, or one that would overwrite a field of the reader's (`__key__`, ...)
         key = posixpath.join(directory, key)
         if key != current:
             if sample:

@@ -16,21 +16,40 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def decode_image(jpg: bytes, *, draft: int | None = None) -> Image.Image:
-    """Encoded image bytes (JPEG, PNG, ...) -> RGB PIL image. Corrupt or truncated bytes raise ValueError.
+    """Encoded image bytes (JPEG, PNG, ...) -> RGB PIL image. Corrupt or truncated bytes raise ValueError,
+    as does an image of more than PIL's `Image.MAX_IMAGE_PIXELS` pixels to decode.
 
     `draft`: the side in pixels that both dimensions must keep. A JPEG at least twice that is decoded by
     libjpeg at 1/2, 1/4 or 1/8 scale (the smallest that keeps `draft`), in its DCT, at a fraction of the
     full decode's cost: web images are several times the training size, and decoding every pixel of
     them only for the resize to throw most away was most of a decode actor's time. Other formats, and
-    None, decode whole."""
+    None, decode whole.
+
+    Why the pixel limit here: PIL refuses an image only beyond twice its limit (DecompressionBombError)
+    and merely warns between the two, so a PNG that declares 10000 x 10000 pixels in 100 KB was decoded
+    whole (~1 GB and 2 s in a decode actor); it is checked after the draft, which a large JPEG may pass."""
     try:
         with Image.open(io.BytesIO(jpg)) as img:
             if draft:
                 img.draft("RGB", (draft, draft))  # a no-op for anything but JPEG
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and img.width * img.height > limit:
+                raise ValueError(f"image of {img.width}x{img.height} pixels, over the {limit} of "
+                                 "PIL.Image.MAX_IMAGE_PIXELS (a decompression bomb?)")
             img.load()  # decode now, so truncated data fails here rather than later
-            return img.convert("RGB")
+            return _rgb(img)
     except (OSError, SyntaxError, Image.DecompressionBombError) as err:
         raise ValueError(f"cannot decode image ({len(jpg)} bytes): {err}") from err
+
+
+def _rgb(img: Image.Image) -> Image.Image:
+    """RGB of any mode; 16-bit grey (PNG, TIFF) by its top 8 bits, where PIL's convert clips every value
+    above 255 to white."""
+    if img.mode.startswith("I;16") or img.mode == "I":
+        values = np.asarray(img).astype(np.int64)
+        shift = 8 if img.mode != "I" or values.max(initial=0) > 255 else 0  # (mode I: 16-bit data, or 8-bit)
+        img = Image.fromarray((np.clip(values, 0, 65535) >> shift).clip(0, 255).astype(np.uint8), "L")
+    return img.convert("RGB")
 
 
 def _to_chw(img: Image.Image, out: np.ndarray | None = None) -> np.ndarray:
@@ -52,6 +71,9 @@ def _center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int,
     return left, top, left + crop, top + crop
 
 
+EVAL_RESIZE_LIMIT = 64  # (resized pixels / kept pixels) beyond which eval_transform resizes only what it keeps
+
+
 def eval_transform(img: Image.Image, *, size: int, out: np.ndarray | None = None) -> np.ndarray:
     """CLIP's eval preprocessing: bicubic resize of the short side to `size`, centre crop -> uint8 (3, size, size)
     (written into `out` when given)."""
@@ -61,9 +83,17 @@ def eval_transform(img: Image.Image, *, size: int, out: np.ndarray | None = None
         new_w, new_h = size, int(size * h / w)
     else:
         new_w, new_h = int(size * w / h), size
+    box = _center_crop_box(new_w, new_h, size)
+    if new_w * new_h > EVAL_RESIZE_LIMIT * size * size:
+        # A 1 x 60000 image (60 KB of PNG) resized whole at 224 px would take 9 GB: resize only the part
+        # of it that the crop keeps, at the same scale (the filter's windows, placed from another origin,
+        # may round to other pixels: values differ a little; images of aspect < 64 are as before).
+        sx, sy = w / new_w, h / new_h
+        kept = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        return _to_chw(img.resize((size, size), Image.BICUBIC, box=kept), out)
     if (new_w, new_h) != (w, h):
         img = img.resize((new_w, new_h), Image.BICUBIC)
-    return _to_chw(img.crop(_center_crop_box(new_w, new_h, size)), out)
+    return _to_chw(img.crop(box), out)
 
 
 _BOX_TRIES = 10

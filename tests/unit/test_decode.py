@@ -95,11 +95,63 @@ def test_parquet_rows_with_null_image_skip(samples, tokenizer):
     assert out[batch_schema.LABEL].tolist() == [3, 5] and decoder.skipped == {"bad_image": 1}
 
 
-def test_wrong_member_names_name_the_shard_and_the_keys_found(samples, tokenizer):
+def test_wrong_member_names_are_bad_samples_and_the_stop_names_the_keys_found(samples, tokenizer):
     batch = _wds_batch(samples)
     batch["input.jpg"] = batch.pop("jpg")
-    with pytest.raises(DataError, match=r"/data/00003\.tar have keys \[__key__, __url__, input\.jpg, json, txt\]"):
-        _decoder(tokenizer)(batch)
+    decoder = _decoder(tokenizer, fail_after_bad=12)
+    assert decoder(batch)[batch_schema.IMAGE].shape[0] == 0  # one shard of another layout costs its samples
+    assert decoder.skipped == {"bad_image": 6}
+    with pytest.raises(DataError, match=r"'bad_image': 12\}; shards /data/00003\.tar have keys "
+                                        r"\[__key__, __url__, input\.jpg, json, txt\]"):
+        decoder(batch)  # ... but a run of them stops, saying why
+
+
+def test_each_row_takes_its_image_and_caption_from_the_column_it_has(samples, tokenizer):
+    """A shard cut after a sample's image gives a batch without a `txt` column; a sample whose image is a
+    `.png` among `.jpg`s has it in another column."""
+    batch = _wds_batch(samples[:4])
+    batch["png"] = np.array([None, samples[1].jpg, None, None], dtype=object)
+    batch["jpg"][1] = None
+    batch["caption"] = np.array([None, None, samples[2].caption.encode(), None], dtype=object)
+    batch["txt"][2] = float("nan")
+    decoder = _decoder(tokenizer, with_keys=True)
+    assert decoder(batch)[batch_schema.KEY].tolist() == [f"{i:09d}" for i in range(4)]
+    del batch["txt"], batch["caption"]  # no caption column at all: every row counted, no error
+    assert decoder(batch)[batch_schema.KEY].tolist() == [] and decoder.skipped == {"no_caption": 4}
+
+
+def test_captions_that_are_not_utf8_or_not_text_are_counted_as_bad_captions(samples, tokenizer):
+    batch = _wds_batch(samples[:4])
+    batch["txt"] = np.array([b"caf\xe9 au lait", (samples[1].caption + " \u20ac").encode()[:-1], 5,
+                             samples[3].caption.encode()], dtype=object)
+    decoder = _decoder(tokenizer, with_keys=True)
+    assert decoder(batch)[batch_schema.KEY].tolist() == ["000000003"]
+    assert decoder.skipped == {"bad_caption": 3}
+
+
+def test_damaged_metadata_gives_no_label_and_no_crash(samples, tokenizer):
+    metas = [b'{"label": 1e400}', b'{"label": 100000000000000000000000}', b"[" * 100_000 + b"]" * 100_000,
+             json.dumps({"label": 4, "image_id": "\udce9"}).encode()]  # a lone surrogate, valid JSON
+    batch = _wds_batch(samples[:4])
+    batch["json"] = np.array(metas, dtype=object)
+    out = _decoder(tokenizer)(batch)
+    assert out[batch_schema.LABEL].tolist() == [-1, -1, -1, 4]
+
+
+def test_a_huge_caption_is_cut_before_tokenizing_to_the_same_tokens(samples, tokenizer, monkeypatch):
+    from raylpclip.data import decode
+    from raylpclip.data.caption_text import CHARS_PER_TOKEN
+    from raylpclip.data.tokenization import tokenize
+
+    huge = " ".join(["a red circle on grass"] * 6_000)  # 130 KB (of 1 MB, the tokenizer takes 1-8 s)
+    tokenized = []
+    monkeypatch.setattr(decode, "tokenize",
+                        lambda tok, texts, **kw: tokenized.extend(texts) or tokenize(tok, texts, **kw))
+    batch = _wds_batch(samples[:1])
+    batch["txt"][0] = huge.encode()
+    out = _decoder(tokenizer)(batch)
+    assert [len(t) for t in tokenized] == [CHARS_PER_TOKEN * 12]
+    assert np.array_equal(out[batch_schema.INPUT_IDS], tokenize(tokenizer, [huge], context_length=12)["input_ids"])
 
 
 def test_no_usable_sample_stops_after_the_threshold(samples, tokenizer):

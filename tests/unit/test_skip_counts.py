@@ -145,3 +145,28 @@ def test_a_call_that_skipped_every_row_still_gives_tensor_columns(samples, token
     assert both.num_rows == 5 and both.schema == full.schema
     images = BlockAccessor.for_block(both).to_numpy(batch_schema.IMAGE)
     assert images.dtype == np.uint8 and images.shape == (5, 3, SIZE, SIZE)
+
+
+def test_a_cut_parquet_shard_counts_once_and_the_read_goes_on(tmp_path):
+    """The Ray Data parquet reader (runtime/data/parquet_source.py) on a shard cut short (its footer, the index
+    of every row group, is gone): no row can be read, the shard counts as one bad_shard, and nothing raises
+    (before, the read task failed and took the whole Ray Data read with it). The whole file reads all 8 rows."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raylpclip.runtime.data.parquet_source import ParquetShards
+
+    whole = tmp_path / "00000.parquet"
+    pq.write_table(pa.table({"key": [f"{i:04d}" for i in range(8)], "txt": ["a cat"] * 8, "jpg": [b"\xff" * 500] * 8}),
+                   whole, row_group_size=4)
+    cut = tmp_path / "00001.parquet"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 6 // 10])
+    counter = FakeCounter()
+    source = ParquetShards.__new__(ParquetShards)  # the reader's own read, without a Ray Data read around it
+    source._init_positions(None, None, counter)
+    source._rows_per_block = 4
+    rows = {}
+    for path in (whole, cut):
+        with open(path, "rb") as f:
+            rows[path.name] = sum(block.num_rows for block in source._read_stream(f, str(path)))
+    assert rows == {"00000.parquet": 8, "00001.parquet": 0} and counter.tally.totals() == {"bad_shard": 1}

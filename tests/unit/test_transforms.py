@@ -38,6 +38,51 @@ def test_decode_image_corrupt_raises_value_error(data):
         decode_image(data)
 
 
+def test_16_bit_grey_is_read_by_its_top_8_bits_not_clipped_to_white():
+    grey = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1000)
+    buf = io.BytesIO()
+    Image.fromarray(grey).save(buf, format="PNG")
+    img = decode_image(buf.getvalue())
+    assert Image.open(io.BytesIO(buf.getvalue())).mode == "I;16" and img.mode == "RGB"
+    assert np.array_equal(np.asarray(img)[..., 0], (grey >> 8).astype(np.uint8))
+
+
+def _bomb_png(side: int) -> bytes:
+    """A greyscale PNG of side x side black pixels: ~100 KB for 10000 x 10000."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    compressor = zlib.compressobj(9)
+    idat = b"".join(compressor.compress(b"\0" + bytes(side)) for _ in range(side)) + compressor.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def test_an_image_over_pils_pixel_limit_is_refused_before_it_is_decoded(monkeypatch):
+    """PIL only warns between MAX_IMAGE_PIXELS and twice that: a 100 KB PNG of 10000 x 10000 decoded whole."""
+    import resource
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000 * 1000)  # the same case at 1/100 of the memory
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.warns(Image.DecompressionBombWarning), pytest.raises(ValueError, match="1200x1200 pixels, over"):
+        decode_image(_bomb_png(1200))
+    with pytest.raises(ValueError, match="cannot decode image"):  # over twice the limit: PIL's own refusal
+        decode_image(_bomb_png(2500))
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 5 * 1024  # KB: nothing decoded
+
+
+def test_eval_transform_of_a_thin_strip_resizes_only_what_it_keeps():
+    """A 1 x 60000 PNG resized whole at 224 px would be 224 x 13.4 M pixels (9 GB)."""
+    strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60000, 1, 3), dtype=np.uint8))
+    assert eval_transform(strip, size=224).shape == (3, 224, 224)
+    moderate = Image.fromarray(np.random.default_rng(1).integers(0, 256, (200, 1, 3), dtype=np.uint8))
+    full = np.asarray(moderate.resize((16, 3200), Image.BICUBIC).crop((0, 1592, 16, 1608))).transpose(2, 0, 1)
+    assert np.abs(eval_transform(moderate, size=16).astype(int) - full).max() <= 2  # the same scale and crop
+
+
 @pytest.mark.parametrize("width,height", [(80, 50), (50, 80), (20, 20), (300, 301)])
 def test_eval_transform_shape_dtype(width, height):
     out = eval_transform(decode_image(_jpeg(width, height)), size=32)

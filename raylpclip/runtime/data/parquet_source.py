@@ -10,9 +10,9 @@ from __future__ import annotations
 from typing import Iterator
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 from ray.data.datasource import FileBasedDatasource
 
+from raylpclip.data.parquet_blocks import parquet_blocks
 from raylpclip.data.stream_position import RangeSet
 from raylpclip.runtime.data.row_positions import RowPositions
 from raylpclip.runtime.data.webdataset_source import ROWS_PER_BLOCK
@@ -24,7 +24,7 @@ class ParquetShards(RowPositions, FileBasedDatasource):
     def __init__(self, paths: list[str], *, files: list[str] | None = None, skip: RangeSet | None = None,
                  counter=None, rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False, **kwargs):
         super().__init__(paths, **kwargs)
-        self._init_positions(files, skip)
+        self._init_positions(files, skip, counter)
         self._rows_per_block = rows_per_block  # (no read-ahead: parquet is read by random access)
 
     def get_name(self) -> str:
@@ -34,9 +34,7 @@ class ParquetShards(RowPositions, FileBasedDatasource):
         return filesystem.open_input_file(path)  # parquet needs random access (footer first)
 
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
-        def blocks():
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=self._rows_per_block):
-                table = pa.Table.from_batches([batch])
-                yield table.append_column("path", pa.array([path] * table.num_rows, pa.string()))
-
-        yield from self._positioned(blocks(), path)
+        # A damaged file keeps the rows before the damage and counts as one bad_shard (data/parquet_blocks.py).
+        blocks = parquet_blocks(f, path, rows_per_block=self._rows_per_block,
+                                on_damage=lambda _exc: self._count_bad_shard(path))
+        yield from self._positioned(blocks, path)

@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 
 from raylpclip import batch_schema
+from raylpclip.data.decode import skip_id
 from raylpclip.data.stream_position import RangeSet, pack
 
 
@@ -26,9 +27,15 @@ def path_key(path: str) -> str:
 class RowPositions:
     """Mixin: the ordinal of each file, and the filter applied to each block a file gives."""
 
-    def _init_positions(self, files: list[str] | None, skip: RangeSet | None) -> None:
+    def _init_positions(self, files: list[str] | None, skip: RangeSet | None, counter=None) -> None:
         self._ordinals = None if files is None else {path_key(f): i for i, f in enumerate(files)}
         self._skip = skip if skip is not None and len(skip) else None
+        self._counter = counter  # the run's skip counter (runtime/cluster/counters.py)
+
+    def _count_bad_shard(self, path: str) -> None:
+        """A shard damaged past reading (its readable rows before the damage are kept): one distinct bad_shard."""
+        if self._counter is not None:
+            self._counter.add.remote({"bad_shard": 1}, {"bad_shard": [skip_id(path_key(path), "")]})
 
     def _positioned(self, blocks: Iterator[pa.Table], path: str) -> Iterator[pa.Table]:
         if self._ordinals is None:

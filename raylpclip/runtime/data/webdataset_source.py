@@ -18,11 +18,10 @@ from typing import Iterator
 import pyarrow as pa
 from ray.data.datasource import FileBasedDatasource
 
-from raylpclip.data.decode import skip_id
 from raylpclip.data.readahead import ReadAhead
 from raylpclip.data.stream_position import RangeSet
 from raylpclip.data.tarstream import group_samples, readable_members
-from raylpclip.runtime.data.row_positions import RowPositions, path_key
+from raylpclip.runtime.data.row_positions import RowPositions
 
 ROWS_PER_BLOCK = 256
 TEXT_COLUMNS = ("__key__", "__url__")
@@ -41,17 +40,12 @@ class WebDatasetShards(RowPositions, FileBasedDatasource):
     def __init__(self, paths, *, files: list[str] | None = None, skip: RangeSet | None = None, counter=None,
                  rows_per_block: int = ROWS_PER_BLOCK, read_ahead: bool = False, **file_based_kwargs):
         super().__init__(paths, **file_based_kwargs)
-        self._init_positions(files, skip)
-        self._counter = counter
+        self._init_positions(files, skip, counter)
         self._rows_per_block = rows_per_block
         self._read_ahead = read_ahead
 
     def get_name(self) -> str:
         return "ReadWebDataset"
-
-    def _count_bad_shard(self, path: str) -> None:
-        if self._counter is not None:
-            self._counter.add.remote({"bad_shard": 1}, {"bad_shard": [skip_id(path_key(path), "")]})
 
     def _read_stream(self, stream, path: str) -> Iterator[pa.Table]:
         yield from self._positioned(self._blocks(stream, path), path)
