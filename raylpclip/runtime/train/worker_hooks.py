@@ -161,6 +161,8 @@ class WorkerHooks:
         """What this worker (rank 0's, in the line) holds: its peak memory (torch's peak allocation on a GPU, the
         process's peak resident size on CPU) and the bytes of parameters + optimizer state it keeps, a shard of
         them under fsdp: the figures for sizing a cluster (README, "Sharded training")."""
+        if self.task is None or self.optimizer is None:  # hooks without a model (tests of the reports alone)
+            return {}
         model = unwrap(self.task.model)
         state = local_bytes(model.parameters()) + local_bytes(optimizer_tensors(self.optimizer))
         return {"peak_memory_mb": peak_memory_mb(self.device).get("cuda_allocated_mb", peak_memory_mb()["rss_mb"]),
