@@ -1,7 +1,8 @@
 """The house's boundaries, for every module of the package, found automatically:
 - only `raylpclip.runtime` imports Ray: an AST scan of every file (imports inside functions included),
   and every other module imported in a process of its own, after which `ray` must not be loaded;
-- only `raylpclip.distributed` and the `raylpclip.parallel` package touch `torch.distributed` (imports and attribute access alike);
+- only `raylpclip.distributed` and the `raylpclip.parallel` package touch `torch.distributed` (imports and
+  attribute access alike);
 - no file over 300 lines, and no two files with the same name.
 """
 
