@@ -101,7 +101,8 @@ def fsdp_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         if all("state_bytes" in rank for ranks in runs for rank in ranks):
             out[f"{name}_state_mb_per_worker"] = [b / 2**20 for b in per_worker("state_bytes", runs)]
     out["fsdp_vs_ddp_ratio"] = out["fsdp_two_worker_samples_per_s"] / out["ddp_two_worker_samples_per_s"]
-    out["fsdp_peak_memory_ratio"] = max(out["fsdp_peak_memory_mb_per_worker"]) / max(out["ddp_peak_memory_mb_per_worker"])
+    out["fsdp_peak_memory_ratio"] = (max(out["fsdp_peak_memory_mb_per_worker"])
+                                     / max(out["ddp_peak_memory_mb_per_worker"]))
     if "fsdp_state_mb_per_worker" in out and "ddp_state_mb_per_worker" in out:
         out["fsdp_state_ratio"] = max(out["fsdp_state_mb_per_worker"]) / max(out["ddp_state_mb_per_worker"])
     return out
@@ -160,9 +161,9 @@ def format_table(s: dict[str, Any]) -> str:
                  f"{max(s['ddp_state_mb_per_worker']):.0f} MB per worker ({s['fsdp_state_ratio']:.2f}x)"
                  if "fsdp_state_ratio" in s else "")
         lines.append(f"[raylpclip] 2 workers, fsdp vs ddp: {s['fsdp_two_worker_samples_per_s']:.1f} vs "
-                     f"{s['ddp_two_worker_samples_per_s']:.1f} samples/s ({s['fsdp_vs_ddp_ratio']:.2f}x); peak memory per "
-                     f"worker {max(s['fsdp_peak_memory_mb_per_worker']):.0f} vs {max(s['ddp_peak_memory_mb_per_worker']):.0f}"
-                     f" MB ({s['fsdp_peak_memory_ratio']:.2f}x){state}")
+                     f"{s['ddp_two_worker_samples_per_s']:.1f} samples/s ({s['fsdp_vs_ddp_ratio']:.2f}x); "
+                     f"peak memory per worker {max(s['fsdp_peak_memory_mb_per_worker']):.0f} vs "
+                     f"{max(s['ddp_peak_memory_mb_per_worker']):.0f} MB ({s['fsdp_peak_memory_ratio']:.2f}x){state}")
     ckpt = s.get("checkpoint_report_s")
     lines.append(f"[raylpclip] peak memory per worker {s['peak_memory_mb']:.0f} MB (plain loop "
                  f"{s['peak_memory_mb_per_worker']['compute_limit']:.0f} MB)"

@@ -131,7 +131,8 @@ def run_loop(
             if not save:
                 window.check_finite()
                 summary = window.summary(global_batch=train.batch_size) if window.steps else {}
-                hooks.report(state, dict(summary, lr=scheduler.get_last_lr()[0]), save=True, evaluate=False, final=False)
+                hooks.report(state, dict(summary, lr=scheduler.get_last_lr()[0]), save=True, evaluate=False,
+                             final=False)
             state.stopped = stop
             break
     return state

@@ -110,6 +110,8 @@ class StopWatch:
         if self._reason is None:
             info = ray.train.get_preemption_info()
             if info is not None:
-                left = "" if info.deadline_ms is None else f", {max(0.0, info.deadline_ms / 1e3 - time.time()):.0f} s left"
-                self._reason = f"preemption notice for node(s) {', '.join(n[:8] for n in info.preempted_node_ids)}{left}"
+                left = ("" if info.deadline_ms is None
+                        else f", {max(0.0, info.deadline_ms / 1e3 - time.time()):.0f} s left")
+                nodes = ", ".join(n[:8] for n in info.preempted_node_ids)
+                self._reason = f"preemption notice for node(s) {nodes}{left}"
         return self._reason

@@ -121,7 +121,8 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
     sources = ", ".join(s.path for s in cfg.data.train_sources())
     batches = labelled_only(streams.batches(micro), batch_size=micro, on_skip=_count_skips(args.counter),
                             fail_after=cfg.data.fail_after_bad, source=sources)
-    hooks = FinetuneHooks(plain=lambda: ray.get(args.start)["model"], task=task, optimizer=optimizer, scheduler=scheduler, cfg=cfg, place=place, start=state,
+    hooks = FinetuneHooks(plain=lambda: ray.get(args.start)["model"], task=task, optimizer=optimizer,
+                          scheduler=scheduler, cfg=cfg, place=place, start=state,
                           streams=streams, counter=args.counter, train_samples=args.train_samples,
                           meta={"method": cfg.method}, notice=args.notice)
     run_loop(task, optimizer=optimizer, scheduler=scheduler, batches=batches, state=state,
