@@ -58,6 +58,7 @@ def stop_on_sigterm(notice, *, grace_s: float, say: Callable[[str], None]):
     as a finished run would. A second SIGTERM, or `grace_s` seconds without the run ending, exits the process
     with status 143 at once (whatever the workers saved by then stays). Main thread only (Python's rule)."""
     state: dict = {"at": None, "timer": None}
+    received, done = threading.Event(), threading.Event()
 
     def give_up(why: str) -> None:
         say(f"[raylpclip] {why}: exiting now; the run resumes from its newest checkpoint when the same command "
@@ -65,8 +66,16 @@ def stop_on_sigterm(notice, *, grace_s: float, say: Callable[[str], None]):
         os._exit(EXIT_STOPPED)
 
     def on_sigterm(signum, frame) -> None:
-        if state["at"] is not None:
-            give_up("a second SIGTERM")
+        # Only flags here: a handler runs between two bytecodes of the main thread, which may be inside a print or
+        # a Ray call of its own; printing or calling Ray from here could re-enter them.
+        if received.is_set():
+            os._exit(EXIT_STOPPED)  # a second SIGTERM
+        received.set()
+
+    def relay() -> None:
+        while not received.wait(timeout=0.5):
+            if done.is_set():
+                return
         state["at"] = time.monotonic()
         say(f"[raylpclip] SIGTERM: the workers checkpoint after their current step and stop (grace period "
             f"{grace_s:g} s: train.stop_grace_s)")
@@ -80,9 +89,11 @@ def stop_on_sigterm(notice, *, grace_s: float, say: Callable[[str], None]):
         yield state
         return
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    threading.Thread(target=relay, name="raylpclip-sigterm", daemon=True).start()
     try:
         yield state
     finally:
+        done.set()
         signal.signal(signal.SIGTERM, previous)
         if state["timer"] is not None:
             state["timer"].cancel()
@@ -92,7 +103,7 @@ class StopWatch:
     """A worker's view of the notices: `reason()` is None until the driver's notice or a preemption of one of the
     run's nodes arrives. The actor is polled every `poll_s` from a daemon thread."""
 
-    def __init__(self, notice, *, poll_s: float = 1.0):
+    def __init__(self, notice, *, poll_s: float = 0.25):
         self.notice, self.poll_s = notice, poll_s
         self._reason: str | None = None
         if notice is not None:
@@ -102,14 +113,19 @@ class StopWatch:
         while self._reason is None:
             try:
                 self._reason = ray.get(self.notice.get.remote(), timeout=30)
-            except Exception:  # noqa: BLE001 - the driver gone: Ray Train ends the workers itself
+            except ray.exceptions.GetTimeoutError:  # a loaded machine: ask again
+                continue
+            except ray.exceptions.RayActorError:  # the driver (and its notice) gone: Ray Train ends the workers
                 return
             time.sleep(self.poll_s)
 
-    def reason(self) -> str | None:
-        if self._reason is None:
+    def reason(self, *, ask_ray: bool) -> str | None:
+        """The notice this worker has seen, if any. `ask_ray`: also ask Ray Train for a preemption notice, which is
+        a barrier of all workers (`ray.train.get_preemption_info`): every rank must pass the same `ask_ray` at the
+        same steps, or the ranks wait for each other forever."""
+        if ask_ray:
             info = ray.train.get_preemption_info()
-            if info is not None:
+            if info is not None and self._reason is None:
                 left = ("" if info.deadline_ms is None
                         else f", {max(0.0, info.deadline_ms / 1e3 - time.time()):.0f} s left")
                 nodes = ", ".join(n[:8] for n in info.preempted_node_ids)

@@ -24,7 +24,7 @@ from raylpclip.engine.loop import LoopState
 from raylpclip.engine.metrics_log import MetricsLog
 from raylpclip.engine.pretrain_task import unwrap
 from raylpclip.engine.run_state import save_run_state
-from raylpclip.distributed import all_reduce_sum
+from raylpclip.distributed import all_reduce_sum, gather_objects
 from raylpclip.engine.clock import peak_memory_mb
 from raylpclip.parallel.fsdp_sharding import gather_whole_state, is_sharded, local_bytes, optimizer_tensors
 from raylpclip.runtime.cluster import counters
@@ -144,15 +144,18 @@ class WorkerHooks:
     def stop_reason(self, state: LoopState) -> str | None:
         """After a step: why the run must stop now (a stop notice seen by any worker), the same on every rank.
         One all-reduce of a flag, every step on CPU; on an accelerator only at log steps, where the report has
-        synchronised the host already (a flag read every step would stall the queued kernels)."""
+        synchronised the host already (a flag read every step would stall the queued kernels). Ray's node
+        preemption notice is asked at log steps (train.log_every)."""
         if self.watch is None:
             return None
-        if self.device.type != "cpu" and state.step % self.cfg.train.log_every:
+        log_step = state.step % self.cfg.train.log_every == 0
+        if self.device.type != "cpu" and not log_step:
             return None
-        mine = self.watch.reason()
+        # Ray's preemption notice is asked at log steps only: the question is a barrier of all workers.
+        mine = self.watch.reason(ask_ray=log_step)
         if not all_reduce_sum(torch.tensor([1.0 if mine else 0.0], device=self.device)).item():
             return None
-        reason = mine or "a stop notice seen by another worker"
+        reason = next(r for r in gather_objects(mine) if r)  # what some worker saw (every rank is here now)
         self.place.say(f"[raylpclip] {reason}: checkpointing step {state.step} and stopping; the same command "
                        "resumes from it")
         return reason
