@@ -160,6 +160,11 @@ def _check_train(t: TrainConfig, key: str) -> None:
     # per-block compilation, which raylpclip does not do yet.
     require(t.parallelism != "fsdp" or not t.compile, f"{key}.compile",
             "train.compile=true cannot combine with train.parallelism=fsdp; set one of them off")
+    # Offloading moves weights between an accelerator and host memory; on CPU workers there is nowhere to move them
+    # (torch's CPUOffloadPolicy then fails at its first step).
+    require(not t.fsdp_cpu_offload or t.use_gpu, f"{key}.fsdp_cpu_offload",
+            "train.fsdp_cpu_offload=true needs GPU workers (train.use_gpu=true): CPU workers hold everything in host "
+            "memory already")
     require(t.parallelism == "fsdp" or not (t.fsdp_cpu_offload or not t.fsdp_reshard_after_forward),
             f"{key}.fsdp_cpu_offload", "train.fsdp_cpu_offload and train.fsdp_reshard_after_forward apply to "
             "train.parallelism=fsdp only; set train.parallelism=fsdp or leave them at their defaults")

@@ -83,7 +83,9 @@ def build_training(cfg: PretrainConfig, *, tokenizer, rank: int, device: torch.d
         # be copied, so the copies come from the tower as built, taken before it is sharded.
         needs_copy = cfg.psd.teacher == "ema" or cfg.train.ema_decay > 0
         built = [copy.deepcopy(tower)] if needs_copy else []
-        copy_model = (lambda: wrap(copy.deepcopy(built[0]))) if needs_copy else None
+        # A copy never runs a backward, which is what frees ZeRO-2's gathered blocks: copies always reshard.
+        wrap_copy = fsdp_wrap(cfg.train, device, frozen=True)
+        copy_model = (lambda: wrap_copy(copy.deepcopy(built[0]))) if needs_copy else None
     model = wrap(tower) if wrap is not None else tower.to(device)
     optimizer = build_optimizer(unwrap(model), cfg.optim, fused=cfg.train.fused_adamw)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
@@ -99,11 +101,13 @@ def transformer_blocks(tower: ClipTower) -> list[torch.nn.Module]:
     return [*tower.clip.vision_model.encoder.layers, *tower.clip.text_model.encoder.layers]
 
 
-def fsdp_wrap(train: TrainConfig, device: torch.device, blocks: Callable[[torch.nn.Module], list] = transformer_blocks
-              ) -> Callable[[torch.nn.Module], torch.nn.Module]:
+def fsdp_wrap(train: TrainConfig, device: torch.device, blocks: Callable[[torch.nn.Module], list] = transformer_blocks,
+              *, frozen: bool = False) -> Callable[[torch.nn.Module], torch.nn.Module]:
     """train.parallelism=fsdp: move a model to `device` and shard it over the process group's ranks, one unit per
     module of `blocks(model)` (a tower's transformer blocks); train.precision=bf16: bf16 weights in compute, fp32
-    gradient reduction."""
-    settings = FsdpSettings(device_type=device.type, reshard_after_forward=train.fsdp_reshard_after_forward,
+    gradient reduction. `frozen`: a copy that only runs forwards (an EMA, theta_0), which always reshards after
+    them: ZeRO-2 keeps blocks gathered for a backward that such a copy never runs."""
+    settings = FsdpSettings(device_type=device.type,
+                            reshard_after_forward=frozen or train.fsdp_reshard_after_forward,
                             bf16=train.precision == "bf16", cpu_offload=train.fsdp_cpu_offload)
     return lambda model: shard_tower(model.to(device), blocks(model), settings)

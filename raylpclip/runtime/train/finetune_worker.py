@@ -98,7 +98,7 @@ def finetune_worker(args: FinetuneWorkerArgs) -> None:
     if cfg.train.parallelism == "fsdp":  # the classifier and theta_0 sharded alike, one unit per vision block
         model = fsdp_wrap(cfg.train, place.device, lambda m: m.encoder.vision.encoder.layers)(model)
         if frozen is not None:
-            frozen = fsdp_wrap(cfg.train, place.device, lambda m: m.vision.encoder.layers)(frozen)
+            frozen = fsdp_wrap(cfg.train, place.device, lambda m: m.vision.encoder.layers, frozen=True)(frozen)
     else:
         model = ddp_wrap(cfg.train)(model)
         if frozen is not None:
