@@ -64,6 +64,7 @@ def test_a_decode_actor_killed_mid_epoch_costs_no_sample(reference, ray_session,
                     reference["summary"], records, bound=0)
 
 
+@pytest.mark.slow  # its own Ray instance in a subprocess: ~2 minutes, kept out of the default run's 30
 def test_a_tiny_object_store_delivers_the_same_samples(reference, synthetic_shards, tokenizer_dir, tmp_path,
                                                        fault_table):
     """`ray.object_store_gb=0.1` (Ray's floor is about 0.07): Ray Data's backpressure holds the read-ahead within
