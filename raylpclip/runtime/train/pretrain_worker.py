@@ -52,26 +52,27 @@ class PretrainHooks(WorkerHooks):
         super().__init__(**kwargs)
         self.tokenizer, self.classnames = tokenizer, classnames
         self.flops = None  # model FLOPs per training sample: with patch dropout, without
+        self.peak = None  # the accelerator's peak FLOP/s, where known
 
     def speed_figures(self, state: LoopState, metrics: dict) -> dict:
         """The model's FLOP rate per worker and, where the accelerator's peak is known (a table of GPUs, or
         train.peak_tflops), MFU: samples/s x model FLOPs per sample / (workers x peak) (engine/model_flops.py)."""
         if "samples_per_s" not in metrics:
             return {}
-        if self.flops is None:
+        if self.flops is None:  # once per run: the model's FLOPs and the accelerator's peak do not change
             config, cfg = unwrap(self.task.model).clip.config, self.cfg
             common = dict(context_length=cfg.data.context_length, teacher_forwards=int(cfg.psd.teacher == "ema"))
             locks = lock_kwargs(cfg.model)
             # Patch dropout ends at train.patch_dropout_until_step: the steps after it cost the whole image.
             self.flops = [train_flops_per_sample(config, **common, **locks)["total"],
                           train_flops_per_sample(config, **common, **dict(locks, patch_dropout=0.0))["total"]]
+            name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+            self.peak = peak_flops(name, override_tflops=cfg.train.peak_tflops)
         until = self.cfg.train.patch_dropout_until_step
         flops = self.flops[1 if until and state.step > until else 0]
         out = {"model_tflops_per_worker": metrics["samples_per_s"] * flops / self.place.world / 1e12}
-        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
-        peak = peak_flops(name, override_tflops=self.cfg.train.peak_tflops)
-        if peak:
-            out["mfu"] = mfu(metrics["samples_per_s"], flops, peak_flops_per_device=peak, devices=self.place.world)
+        if self.peak:
+            out["mfu"] = mfu(metrics["samples_per_s"], flops, peak_flops_per_device=self.peak, devices=self.place.world)
         return out
 
     def eval_towers(self) -> dict:

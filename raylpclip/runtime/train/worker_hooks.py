@@ -168,7 +168,8 @@ class WorkerHooks:
             return {}
         model = unwrap(self.task.model)
         state = local_bytes(model.parameters()) + local_bytes(optimizer_tensors(self.optimizer))
-        return {"peak_memory_mb": peak_memory_mb(self.device).get("cuda_allocated_mb", peak_memory_mb()["rss_mb"]),
+        peak = peak_memory_mb(self.device)
+        return {"peak_memory_mb": peak.get("cuda_allocated_mb", peak["rss_mb"]),
                 "state_mb": state / 2**20}
 
     def speed_figures(self, state: LoopState, metrics: dict) -> dict:
