@@ -99,11 +99,19 @@ def window_stats(records: list[StepRecord], *, first: int, last: int, batch: int
 
 
 
+def _linux_peak_kb() -> int:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+
+
 def peak_memory_mb(device: torch.device | None = None) -> dict[str, float]:
-    """This process's peak resident memory (ru_maxrss: KiB on Linux, bytes on macOS) and, on CUDA, the
-    peak of memory allocated by torch."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    out = {"rss_mb": rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024}
+    """This process's peak resident memory and, on CUDA, the peak of memory allocated by torch.
+
+    On Linux the address space's high-water mark (/proc/self/status VmHWM), not getrusage's ru_maxrss:
+    Linux carries ru_maxrss over an exec, so a Ray worker (or any child of a large process) would report
+    its spawner's peak when that was larger than its own. macOS: ru_maxrss, in bytes there."""
+    out = {"rss_mb": _linux_peak_kb() / 1024 if sys.platform.startswith("linux")
+           else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024)}
     if device is not None and device.type == "cuda":
         out["cuda_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return out

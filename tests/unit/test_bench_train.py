@@ -204,3 +204,17 @@ def test_clocked_leaves_a_normal_run_alone_and_times_a_bench_run():
     assert inner.calls[-1][4]  # the final report carries the bench figures
     figures = hooks.extra_final()["bench"]
     assert len(figures) == 1 and figures[0]["timed"]["steps"] == 3 and figures[0]["peak_memory_mb"]["rss_mb"] > 0
+
+
+def test_peak_memory_is_the_process_own_not_its_spawners():
+    """Linux keeps getrusage's ru_maxrss over an exec: a child of a 600 MB parent reported 600 MB. Ray
+    workers are such children, so the figure is the address space's own high-water mark."""
+    import subprocess
+    import sys
+
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"\x01" * len(ballast[::4096])  # touch every page
+    code = "from raylpclip.engine.clock import peak_memory_mb; print(peak_memory_mb()['rss_mb'])"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    del ballast
+    assert 20 < child < 500  # torch imported: ~300 MB; the parent's 600 MB ballast would put it above
