@@ -73,6 +73,8 @@ def _check_data(d: DataConfig, key: str) -> None:
         choice(src.format, f"{key}.sources.{i}.format", ("auto", "webdataset", "parquet"))
     require(d.s3.connect_timeout > 0, f"{key}.s3.connect_timeout", "expected > 0")
     require(d.s3.max_attempts >= 1, f"{key}.s3.max_attempts", "expected >= 1")
+    require(d.s3.read_timeout > 0, f"{key}.s3.read_timeout", "expected > 0")
+    require(d.s3.read_chunk_mb * 2**20 >= 4096, f"{key}.s3.read_chunk_mb", "expected >= 1/256 (4 KiB)")
 
 
 def _check_model(m: ModelConfig, key: str) -> None:

@@ -22,7 +22,9 @@ class S3Config:
     anon: bool = False  # public buckets
     profile: str = ""  # a named AWS profile
     connect_timeout: float = 5.0  # seconds; an unreachable endpoint fails fast instead of hanging
-    max_attempts: int = 5  # botocore retries (exponential backoff) for transient errors
+    max_attempts: int = 5  # attempts of a request that fails transiently (503, reset, timeout), with backoff
+    read_timeout: float = 60.0  # seconds without a byte of an answer before a GET is given up (and retried)
+    read_chunk_mb: float = 16.0  # bytes of a shard per ranged GET: what a failed GET re-sends at most
 
 
 @dataclass

@@ -60,9 +60,10 @@ def configure_s3(cfg: S3Config) -> None:
     fsspec.config.conf["s3"] = s3_options(cfg)
 
 
-def arrow_filesystem(paths: list[str], cfg: S3Config) -> pafs.FileSystem | None:
-    """The filesystem Ray Data reads `paths` with: s3fs (wrapped for pyarrow) for s3://, None (Ray's
-    default) for local paths."""
+def arrow_filesystem(paths: list[str], cfg: S3Config, *,
+                     on_retry: Callable[[str], None] | None = None) -> pafs.FileSystem | None:
+    """The filesystem Ray Data reads `paths` with: for s3://, s3fs whose reads resume after a failed GET
+    (data/object_reads.py; each retry reported to `on_retry`); None (Ray's default) for local paths."""
     remote = {p.split("://", 1)[0] for p in paths if is_remote(p)}
     if not remote:
         return None
@@ -70,9 +71,10 @@ def arrow_filesystem(paths: list[str], cfg: S3Config) -> pafs.FileSystem | None:
         raise ValueError(f"one read mixes filesystems ({sorted(remote)} and local paths); give each its own source")
     if remote != {"s3"}:
         return None  # gs://, hdfs://, ...: pyarrow's own filesystems, resolved by Ray
-    import s3fs
+    from raylpclip.data.object_reads import resuming_s3  # imports s3fs: only where shards are remote
 
-    return pafs.PyFileSystem(pafs.FSSpecHandler(s3fs.S3FileSystem(**s3_options(cfg))))
+    return resuming_s3(s3_options(cfg), policy=RetryPolicy(max_attempts=cfg.max_attempts), on_retry=on_retry,
+                       chunk=int(cfg.read_chunk_mb * 2**20), read_timeout=cfg.read_timeout)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -81,13 +83,21 @@ def arrow_filesystem(paths: list[str], cfg: S3Config) -> pafs.FileSystem | None:
 # Messages of errors worth another attempt: throttling, 5xx, timeouts, dropped connections (AWS SDK
 # error names and HTTP codes as pyarrow reports them). Anything else (403, 404, bad request) is final.
 TRANSIENT = re.compile(
-    r"SLOW_?DOWN|SlowDown|THROTTL|Throttl|INTERNAL_FAILURE|InternalError|SERVICE_UNAVAILABLE|ServiceUnavailable"
+    r"SLOW_?DOWN|SlowDown|[Rr]educe your request rate|THROTTL|Throttl|INTERNAL_FAILURE|InternalError|SERVICE_UNAVAILABLE|ServiceUnavailable"
     r"|REQUEST_TIMEOUT|RequestTimeout|NETWORK_CONNECTION|[Cc]onnection (reset|refused|aborted)|[Tt]imed? ?out"
     r"|response code:? 5\d\d|HTTP (status )?5\d\d|curlCode: (7|28|52|55|56)"
 )
 
 
+# Errors of the HTTP stack under s3fs that are transient whatever they say, and that are not OSErrors: a
+# body cut short by a reset connection (aiohttp), a reply that could not be parsed (botocore).
+TRANSIENT_TYPES = frozenset({"ClientPayloadError", "ServerDisconnectedError", "ClientOSError", "IncompleteRead",
+                             "ResponseParserError", "ReadTimeoutError", "ConnectTimeoutError", "ConnectionClosedError"})
+
+
 def is_transient(exc: BaseException) -> bool:
+    if type(exc).__name__ in TRANSIENT_TYPES:
+        return True
     return isinstance(exc, (OSError, ConnectionError)) and bool(TRANSIENT.search(str(exc)))
 
 

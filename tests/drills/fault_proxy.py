@@ -1,10 +1,13 @@
-"""An S3 endpoint behind a loopback proxy that fails chosen requests with 503 SlowDown."""
+"""An S3 endpoint behind a loopback proxy that fails chosen requests: 503 SlowDown, a connection reset
+half-way through an object's body, or a stall with no answer (a timeout on the client's side)."""
 
 from __future__ import annotations
 
 import http.client
 import re
+import socket
 import threading
+import time
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable, Iterable
@@ -13,19 +16,26 @@ SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code
              b"<Message>Please reduce your request rate.</Message></Error>")
 
 
+FAULTS = ("503", "reset", "stall")
+
+
 class FaultProxy:
-    """An HTTP proxy in front of an S3 endpoint (e.g. moto_server) on 127.0.0.1 that answers some
-    requests with 503 SlowDown instead of forwarding them. `fail(method, path) -> bool` decides per
-    request; `injected` counts the failures sent, `forwarded` the rest.
+    """An HTTP proxy in front of an S3 endpoint (e.g. moto_server) on 127.0.0.1 that fails some requests
+    instead of forwarding them. `fail(method, path)` decides per request: False (forward it), True or
+    "503" (answer 503 SlowDown), "reset" (forward it, send the answer's headers and half of its body,
+    then reset the connection: a drop mid-object), "stall" (send nothing for `stall_s`, then close: the
+    client's read timeout fires first). `injected` counts the failures by (method, path), `by_fault` by
+    kind, `forwarded` the rest.
 
         with FaultProxy("http://127.0.0.1:5000", fail=first_try_of(r"state\\.pt")) as proxy:
             ... data.s3.endpoint_url=proxy.url ...
     """
 
-    def __init__(self, target: str, *, fail: Callable[[str, str], bool]):
+    def __init__(self, target: str, *, fail: Callable[[str, str], bool | str], stall_s: float = 10.0):
         self.target = target.split("://", 1)[-1].rstrip("/")
-        self.fail = fail
+        self.fail, self.stall_s = fail, stall_s
         self.injected: Counter = Counter()
+        self.by_fault: Counter = Counter()
         self.forwarded = 0
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -57,18 +67,47 @@ class FaultProxy:
             def _serve(self):
                 body, chunked = self._body()
                 with proxy._lock:
-                    failing = proxy.fail(self.command, self.path)
-                    if failing:
+                    fault = proxy.fail(self.command, self.path)
+                    fault = "503" if fault is True else fault
+                    if fault:
+                        assert fault in FAULTS, fault
                         proxy.injected[(self.command, self.path.split("?")[0])] += 1
+                        proxy.by_fault[fault] += 1
                     else:
                         proxy.forwarded += 1
-                if failing:
+                if fault == "503":
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")
                     self.send_header("Content-Length", str(len(SLOW_DOWN)))
                     self.end_headers()
                     self.wfile.write(SLOW_DOWN)
                     return
+                if fault == "stall":
+                    time.sleep(proxy.stall_s)
+                    self.close_connection = True
+                    return
+                status, reason, headers, data = self._forward(body, chunked)
+                self.send_response(status, reason)
+                for k, v in headers:
+                    # a HEAD answer keeps the object's length; other bodies are re-sent whole
+                    if k.lower() not in ("transfer-encoding", "connection") and (
+                            k.lower() != "content-length" or self.command == "HEAD"):
+                        self.send_header(k, v)
+                if self.command != "HEAD":
+                    self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if self.command == "HEAD":
+                    return
+                if fault == "reset":  # half the body, then an RST (SO_LINGER 0), not a clean close
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                self.wfile.write(data)
+
+            def _forward(self, body: bytes, chunked: bool):
                 conn = http.client.HTTPConnection(proxy.target, timeout=60)
                 hop = ("connection", "transfer-encoding", "expect", "content-length", "keep-alive")
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in hop}
@@ -79,18 +118,8 @@ class FaultProxy:
                     conn.request(self.command, self.path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    # a HEAD answer keeps the object's length; other bodies are re-sent whole
-                    if k.lower() not in ("transfer-encoding", "connection") and (
-                            k.lower() != "content-length" or self.command == "HEAD"):
-                        self.send_header(k, v)
-                if self.command != "HEAD":
-                    self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                if self.command != "HEAD":
-                    self.wfile.write(data)
                 conn.close()
+                return resp.status, resp.reason, resp.getheaders(), data
 
             def _body(self) -> tuple[bytes, bool]:
                 """The request body, and whether it came chunked (HTTP/1.1 chunks are decoded here

@@ -36,7 +36,7 @@ class FaultTable:
     """Rows of the closing table, written and printed when the module ends."""
 
     COLUMNS = ("fault", "finished", "final step", "reference step", "resumed from", "samples replayed",
-               "replay bound", "final loss", "reference loss")
+               "replay bound", "retries counted", "final loss", "reference loss")
 
     def __init__(self):
         self.rows: list[dict] = []
@@ -47,7 +47,9 @@ class FaultTable:
             "fault": fault, "finished": summary is not None and summary.get("step") == STEPS,
             "final step": summary.get("step") if summary else None, "reference step": reference["step"],
             "resumed from": resumed_from, "samples replayed": records.replayed() if records else None,
-            "replay bound": bound, "final loss": round(summary["loss"], 4) if summary else None,
+            "replay bound": bound,
+            "retries counted": summary.get("storage_retries", 0) + summary.get("read_retries", 0) if summary else None,
+            "final loss": round(summary["loss"], 4) if summary else None,
             "reference loss": round(reference["loss"], 4)})
 
     def write(self) -> str:

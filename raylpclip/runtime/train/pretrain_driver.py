@@ -95,7 +95,8 @@ def build_trainer(cfg: PretrainConfig, *, tokenizer, classnames: list[str], data
     """The run's TorchTrainer. `callbacks`: Ray Train UserCallbacks, e.g. one forwarding reports to a Tune
     trial. With `RAYLPCLIP_WORKER_TRACE=<dir>` in the environment the workers record their pids and
     batches there (runtime/train/worker_trace.py)."""
-    inputs = train_inputs(cfg, data, tokenizer=tokenizer, counter=counter, with_eval=True)
+    inputs = train_inputs(cfg, data, tokenizer=tokenizer, counter=counter, with_eval=True,
+                          storage_counter=storage_counter)
     storage, filesystem = run_storage(cfg, storage_counter=storage_counter)
     elastic = (cfg.train.min_workers, cfg.train.num_workers) if cfg.train.min_workers else None
     args = PretrainWorkerArgs(
@@ -139,6 +140,7 @@ def report(cfg: PretrainConfig, result, resolved: Resolved, *, counter, storage_
         train_samples=resolved.data.samples,
         **counters.report(counter),  # skipped: distinct bad samples by reason; skipped_sightings: reads of them
         storage_retries=counters.totals(storage_counter).get("storage_retries", 0),
+        read_retries=counters.totals(storage_counter).get("read_retries", 0),
     )
     write_summary(cfg.run_dir, summary)
     # The card states the final metrics, so it is written once they are in the summary.

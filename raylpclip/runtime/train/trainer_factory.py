@@ -56,13 +56,15 @@ class TrainInputs:
     filesystems: list[Any]  # the driver's, with its S3 credentials, for a resumed epoch's remainder
 
 
-def train_inputs(cfg, data: TrainData, *, tokenizer, counter, with_eval: bool) -> TrainInputs:
+def train_inputs(cfg, data: TrainData, *, tokenizer, counter, with_eval: bool, storage_counter=None) -> TrainInputs:
     """Training sources read through the positioned reader (runtime/data/shard_reader.py), so that every
-    row says where it sits and a resumed run can skip what was consumed; the eval set if asked."""
+    row says where it sits and a resumed run can skip what was consumed; the eval set if asked. A GET
+    of an s3:// shard that is retried counts as `read_retries` in `storage_counter`."""
     sources = cfg.data.train_sources()
     files = [data.files[s.path] for s in sources]
     formats = [data.formats[s.path] for s in sources]
-    filesystems = [arrow_filesystem(f, cfg.data.s3) for f in files]
+    on_retry = StorageRetries(storage_counter, reason="read_retries")
+    filesystems = [arrow_filesystem(f, cfg.data.s3, on_retry=on_retry) for f in files]
     datasets = {name: train_source(f, fmt=fmt, cfg=cfg.data, tokenizer=tokenizer, counter=counter, filesystem=fs)
                 for name, f, fmt, fs in zip(source_names(len(sources)), files, formats, filesystems)}
     train_names = list(datasets)
@@ -72,16 +74,18 @@ def train_inputs(cfg, data: TrainData, *, tokenizer, counter, with_eval: bool) -
 
 
 class StorageRetries:
-    """on_retry for the run-storage filesystem: one line per retry, and a count in the run's counter
-    actor (picklable: it travels with the filesystem to Ray Train's controller and workers)."""
+    """on_retry for an S3 filesystem: one line per retry, and a count under `reason` in the run's counter
+    actor (picklable: it travels with the filesystem to Ray Train's controller and workers, and to Ray
+    Data's read tasks). `storage_retries`: the run's storage (checkpoints); `read_retries`: shard reads."""
 
-    def __init__(self, counter):
-        self.counter = counter
+    def __init__(self, counter, *, reason: str = "storage_retries"):
+        self.counter, self.reason = counter, reason
 
     def __call__(self, what: str) -> None:
-        progress(f"[raylpclip] storage: transient error, retrying: {what}")
+        place = "storage" if self.reason == "storage_retries" else "shards"
+        progress(f"[raylpclip] {place}: transient error, retrying: {what}")
         if self.counter is not None:
-            self.counter.add.remote({"storage_retries": 1})
+            self.counter.add.remote({self.reason: 1})
 
 
 def run_storage(cfg, *, storage_counter=None) -> tuple[str, pafs.FileSystem | None]:

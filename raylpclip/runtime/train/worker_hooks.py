@@ -217,6 +217,8 @@ class WorkerHooks:
             line += f" sightings {sightings}"
         if m.get("storage_retries"):
             line += f" storage-retries {m['storage_retries']}"
+        if m.get("read_retries"):
+            line += f" read-retries {m['read_retries']}"
         if "mfu" in m:
             line += f" mfu {100 * m['mfu']:.1f}%"
         if "peak_memory_mb" in m:
