@@ -83,7 +83,8 @@ def arrow_filesystem(paths: list[str], cfg: S3Config, *,
 # Messages of errors worth another attempt: throttling, 5xx, timeouts, dropped connections (AWS SDK
 # error names and HTTP codes as pyarrow reports them). Anything else (403, 404, bad request) is final.
 TRANSIENT = re.compile(
-    r"SLOW_?DOWN|SlowDown|[Rr]educe your request rate|THROTTL|Throttl|INTERNAL_FAILURE|InternalError|SERVICE_UNAVAILABLE|ServiceUnavailable"
+    r"SLOW_?DOWN|SlowDown|[Rr]educe your request rate|THROTTL|Throttl"
+    r"|INTERNAL_FAILURE|InternalError|SERVICE_UNAVAILABLE|ServiceUnavailable"
     r"|REQUEST_TIMEOUT|RequestTimeout|NETWORK_CONNECTION|[Cc]onnection (reset|refused|aborted)|[Tt]imed? ?out"
     r"|response code:? 5\d\d|HTTP (status )?5\d\d|curlCode: (7|28|52|55|56)"
 )

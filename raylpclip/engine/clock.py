@@ -22,8 +22,8 @@ import torch
 
 from raylpclip.config import TrainConfig
 from raylpclip.distributed import gather_objects
-from raylpclip.parallel.fsdp_sharding import local_bytes, optimizer_tensors
 from raylpclip.engine.loop import LoopState
+from raylpclip.parallel.fsdp_sharding import local_bytes, optimizer_tensors
 
 
 @dataclass

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -36,9 +37,8 @@ class EveryOtherGet:
     """A FaultProxy rule: every other GET of a shard object fails, with 503, reset, stall in turn."""
 
     def __init__(self, pattern: str = r"\.(tar|parquet)$"):
-        import re
-
-        self.regex, self.faults, self.gets, self.lock = re.compile(pattern), itertools.cycle(("503", "reset", "stall")), 0, threading.Lock()
+        self.regex, self.faults = re.compile(pattern), itertools.cycle(("503", "reset", "stall"))
+        self.gets, self.lock = 0, threading.Lock()
 
     def __call__(self, method: str, path: str) -> bool | str:
         if method != "GET" or not self.regex.search(path.split("?")[0]):

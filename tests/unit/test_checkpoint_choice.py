@@ -162,3 +162,22 @@ def test_checkpoints_from_before_manifests_still_load(tmp_path):
     truncate(d / STATE_FILE)
     with pytest.raises(CheckpointError):  # no manifest to compare with, torch.load still notices
         load_state(d)
+
+
+def test_a_full_disk_is_named_with_the_checkpoint_the_rerun_resumes_from(tmp_path):
+    """What `raylpclip pretrain` says when a checkpoint write found the disk full (the drill:
+    tests/integration/test_faults_disk.py): the line with errno 28, and the newest whole checkpoint."""
+    from raylpclip.runtime.train.trainer_factory import NO_SPACE, _first_line, _resume_hint
+
+    run = tmp_path / "run"
+    _save(run, 10)
+    truncate(_save(run, 20) / STATE_FILE)  # the write that ran out of space
+    worker = OSError("[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device")
+    wrapped = RuntimeError("Training failed due to worker errors")
+    wrapped.worker_failures = {0: RuntimeError("upload failed\nTraceback ...")}
+    wrapped.worker_failures[0].__cause__ = worker
+    assert _first_line(wrapped, NO_SPACE) == str(worker)
+    assert _first_line(RuntimeError("[Errno 2] No such file or directory"), NO_SPACE) is None
+    hint = _resume_hint((LOCAL, str(run)))
+    assert "checkpoint_0010 (step 10) is whole and is where it resumes" in hint and "Free space" in hint
+    assert "starts over" in _resume_hint((LOCAL, str(tmp_path / "empty")))

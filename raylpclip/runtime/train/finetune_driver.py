@@ -32,7 +32,7 @@ from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.cluster.stop_notice import new_notice
 from raylpclip.runtime.data.decode_pool import eval_dataset
 from raylpclip.runtime.train.finetune_worker import FinetuneWorkerArgs, finetune_worker
-from raylpclip.runtime.train.trainer_factory import (TrainData, fit, inspect_train_data, make_trainer,
+from raylpclip.runtime.train.trainer_factory import (TrainData, checkpoint_place, fit, inspect_train_data, make_trainer,
                                                      must_have_checkpoint, run_path, run_storage, train_inputs)
 from raylpclip.summary import write_summary
 
@@ -197,7 +197,8 @@ def run_finetune(cfg: FinetuneConfig) -> dict:
     notice = new_notice()
     trainer = build_trainer(cfg, start_ref=ray.put(start), tokenizer=resolved.tokenizer, num_classes=len(classnames),
                             data=data, counter=counter, notice=notice)
-    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s)
+    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s,
+                 checkpoints=checkpoint_place(cfg))
     draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, theta_0=theta_0, zeroshot_dir=zeroshot_dir, counter=counter,
                   start=start_time)

@@ -25,7 +25,7 @@ from raylpclip.runtime.cluster import counters
 from raylpclip.runtime.cluster.session import ensure_ray
 from raylpclip.runtime.cluster.stop_notice import new_notice
 from raylpclip.runtime.train.pretrain_worker import PretrainWorkerArgs, pretrain_worker
-from raylpclip.runtime.train.trainer_factory import (TrainData, fit, inspect_train_data, make_trainer,
+from raylpclip.runtime.train.trainer_factory import (TrainData, checkpoint_place, fit, inspect_train_data, make_trainer,
                                                      must_have_checkpoint, run_path, run_storage, train_inputs)
 from raylpclip.runtime.train.worker_setup import progress
 from raylpclip.runtime.train.worker_trace import TRACE_ENV
@@ -164,6 +164,7 @@ def run_pretrain(cfg: PretrainConfig) -> dict:
     notice = new_notice()
     trainer = build_trainer(cfg, tokenizer=resolved.tokenizer, classnames=classnames, data=data, counter=counter,
                             storage_counter=storage_counter, notice=notice)
-    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s)
+    result = fit(trainer, cfg.name, notice=notice, steps=cfg.train.steps, grace_s=cfg.train.stop_grace_s,
+                 checkpoints=checkpoint_place(cfg))
     draw_run_curves(cfg.run_dir)  # curves.png from rank 0's metrics.jsonl
     return report(cfg, result, resolved, counter=counter, storage_counter=storage_counter, start=start)

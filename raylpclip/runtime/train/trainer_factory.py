@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ from ray.train.torch import TorchTrainer
 from raylpclip.data.decode import DataError
 from raylpclip.data.shard_files import read_stats, resolve_shards
 from raylpclip.data.storage import arrow_filesystem, storage_filesystem
+from raylpclip.engine.checkpoint_choice import list_checkpoints
 from raylpclip.engine.checkpoint_state import CheckpointError
 from raylpclip.run_outcome import RunStopped
 from raylpclip.runtime.cluster.stop_notice import stop_on_sigterm
@@ -142,29 +144,45 @@ def ingest_options(object_store_bytes: int = 0):
                             verbose_progress=current.verbose_progress)
 
 
-def _data_error_line(exc: BaseException) -> tuple[type, str] | None:
-    """Our DataError's or CheckpointError's message (and which), found in a worker failure (Ray wraps it
-    in task/UDF errors and truncates the combined message, so look at each worker's exception and its
-    causes)."""
-    failures = list(getattr(exc, "worker_failures", {}).values()) + [exc]
-    for failure in failures:
+def _failure_chain(exc: BaseException):
+    """Each worker's exception and its causes, then `exc`'s own (Ray wraps a worker's error in task/UDF
+    errors and truncates the combined message, so each is looked at alone)."""
+    for failure in list(getattr(exc, "worker_failures", {}).values()) + [exc]:
         seen = 0
         while failure is not None and seen < 10:
-            found = re.search(r"(DataError|CheckpointError): (.+)", str(failure))
-            if found:
-                return {"DataError": DataError, "CheckpointError": CheckpointError}[found.group(1)], found.group(2).strip()
+            yield failure
             failure, seen = failure.__cause__ or failure.__context__, seen + 1
+
+
+def _data_error_line(exc: BaseException) -> tuple[type, str] | None:
+    """Our DataError's or CheckpointError's message (and which), found in a worker failure."""
+    for failure in _failure_chain(exc):
+        found = re.search(r"(DataError|CheckpointError): (.+)", str(failure))
+        if found:
+            return {"DataError": DataError, "CheckpointError": CheckpointError}[found.group(1)], found.group(2).strip()
     return None
 
 
-def fit(trainer: TorchTrainer, name: str, *, notice=None, steps: int | None = None, grace_s: float = 120.0):
+# A write that found the device full (ENOSPC) or the quota used up (EDQUOT), as Python and pyarrow word it.
+NO_SPACE = re.compile(r"No space left on device|Disk quota exceeded|\[Errno (28|122)\]|errno (28|122)\b")
+
+
+def checkpoint_place(cfg) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and directory holding the run's checkpoints (what `fit` names when a write fails)."""
+    storage, filesystem = run_storage(cfg)
+    return filesystem or pafs.LocalFileSystem(), run_path(cfg, storage)
+
+
+def fit(trainer: TorchTrainer, name: str, *, notice=None, steps: int | None = None, grace_s: float = 120.0,
+        checkpoints: tuple[pafs.FileSystem, str] | None = None):
     """trainer.fit(), with a data or checkpoint error from deep inside a worker raised as one clear line.
 
     With the run's stop `notice` (runtime/cluster/stop_notice.py), SIGTERM during the fit asks the workers to
     checkpoint and stop; a run that ended before `steps` that way (or on a preemption notice) raises RunStopped,
-    naming the step and checkpoint the same command resumes from."""
+    naming the step and checkpoint the same command resumes from. A full disk (or quota) under the run's
+    `checkpoints` (checkpoint_place) raises one OSError naming it and the newest whole checkpoint there."""
     with stop_on_sigterm(notice, grace_s=grace_s, say=progress) if notice is not None else contextlib.nullcontext():
-        result = _fit(trainer, name)
+        result = _fit(trainer, name, checkpoints)
     step = (result.metrics or {}).get("step")
     if steps is not None and step is not None and step < steps:
         reason = (ray.get(notice.get.remote()) if notice is not None else None) or "a preemption notice"
@@ -174,7 +192,7 @@ def fit(trainer: TorchTrainer, name: str, *, notice=None, steps: int | None = No
     return result
 
 
-def _fit(trainer: TorchTrainer, name: str):
+def _fit(trainer: TorchTrainer, name: str, checkpoints: tuple[pafs.FileSystem, str] | None = None):
     try:
         return trainer.fit()
     except ray.train.TrainingFailedError as exc:
@@ -182,7 +200,34 @@ def _fit(trainer: TorchTrainer, name: str):
         if found:
             kind, line = found
             raise kind(f"run {name} stopped: {line}") from None
+        full = _first_line(exc, NO_SPACE)
+        if full:
+            raise OSError(f"run {name} stopped: no space left for its checkpoints ({full}). "
+                          + _resume_hint(checkpoints)) from None
         raise
+
+
+def _first_line(exc: BaseException, pattern: re.Pattern) -> str | None:
+    """The first line matching `pattern` in a worker failure's messages or their causes."""
+    for failure in _failure_chain(exc):
+        line = next((ln.strip() for ln in str(failure).splitlines() if pattern.search(ln)), None)
+        if line:
+            return line[:300]
+    return None
+
+
+def _resume_hint(checkpoints: tuple[pafs.FileSystem, str] | None) -> str:
+    """Where the run stands on its storage after a failed write, and what to do."""
+    if checkpoints is None:
+        return "Free space where the run keeps its checkpoints and run the same command again to resume."
+    fs, path = checkpoints
+    try:
+        good = next((f for f in list_checkpoints(fs, path) if f.problem is None), None)
+    except OSError:
+        good = None
+    where = (f"{posixpath.basename(good.path)} (step {good.step}) is whole and is where it resumes" if good is not None
+             else "no checkpoint there is whole yet: it starts over")
+    return f"In {path}, {where}. Free space on that device and run the same command again."
 
 
 def must_have_checkpoint(result, name: str):
