@@ -7,23 +7,27 @@ import json
 from typing import Iterator, Sequence
 
 import fsspec
-import pyarrow.parquet as pq
 
 from raylpclip.data.decode import IMAGE_KEYS, TEXT_KEYS
+from raylpclip.data.parquet_blocks import parquet_blocks
 from raylpclip.data.tarstream import group_samples, readable_members
 
 
 def iter_records(paths: Sequence[str], *, fmt: str) -> Iterator[dict]:
     """Yield {"caption": str, "meta": dict} per sample, images skipped (cheap)."""
     for path in paths:
-        if fmt == "parquet":
-            table = pq.read_table(path, columns=None, filesystem=None if "://" not in path else fsspec.core.url_to_fs(path)[0])
-            drop = [c for c in table.column_names if c in IMAGE_KEYS]
-            for row in table.drop_columns(drop).to_pylist():
+        yield from _parquet_records(path) if fmt == "parquet" else _tar_records(path)
+
+
+def _parquet_records(path: str) -> Iterator[dict]:
+    """Records of a parquet shard; a damaged file gives the rows before the damage, with a warning
+    naming it (data/parquet_blocks.py, as the training pipeline reads it)."""
+    with fsspec.open(path, "rb") as f:
+        for block in parquet_blocks(f, path, rows_per_block=4096):
+            drop = [c for c in block.column_names if c in IMAGE_KEYS or c == "path"]
+            for row in block.drop_columns(drop).to_pylist():
                 text = next((row[c] for c in TEXT_KEYS if c in row), None)
-                yield {"caption": text or "", "meta": row}
-        else:
-            yield from _tar_records(path)
+                yield {"caption": text if isinstance(text, str) else "", "meta": row}
 
 
 def _tar_records(path: str) -> Iterator[dict]:

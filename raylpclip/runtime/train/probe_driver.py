@@ -107,7 +107,8 @@ def _write_parts(ds, out: Path, *, every_s: float = 30.0) -> int:
 
 
 def _labels_and_teacher(features: Path) -> tuple[np.ndarray, np.ndarray]:
-    ds = ray.data.read_parquet(str(features.resolve()), columns=[batch_schema.LABEL, LOGITS_PREFIX + WEAK])
+    # select_columns after the read: Ray Data pushes the projection into the parquet read (`columns=` is deprecated)
+    ds = ray.data.read_parquet(str(features.resolve())).select_columns([batch_schema.LABEL, LOGITS_PREFIX + WEAK])
     parts = list(ds.iter_batches(batch_size=65536, batch_format="numpy"))
     return (np.concatenate([p[batch_schema.LABEL] for p in parts]),
             np.concatenate([p[LOGITS_PREFIX + WEAK] for p in parts])[:, 0])
@@ -115,8 +116,9 @@ def _labels_and_teacher(features: Path) -> tuple[np.ndarray, np.ndarray]:
 
 def train_probes(cfg: ProbeConfig, features: Path, weights: torch.Tensor, lpclip: LPCLIPConfig,
                  supervised: bool) -> dict[str, LinearProbe]:
-    columns_needed = [FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, batch_schema.IMAGE_ID] + ([batch_schema.LABEL] if supervised else [])
-    dataset = ray.data.read_parquet(str(features.resolve()), columns=columns_needed)
+    columns_needed = ([FEATURE_PREFIX + WEAK, FEATURE_PREFIX + STRONG, batch_schema.IMAGE_ID]
+                      + ([batch_schema.LABEL] if supervised else []))
+    dataset = ray.data.read_parquet(str(features.resolve())).select_columns(columns_needed)
     args = ProbeWorkerArgs(lpclip=lpclip, zeroshot_weights=weights.numpy(), supervised=supervised,
                            threads=cfg.train.threads)
     trainer = make_trainer(probe_worker, args, name=f"{cfg.name}-train", storage=str(cfg.run_dir.resolve()),
