@@ -146,6 +146,7 @@ def test_s3_storage_with_transient_errors(reference, s3_server, runs_bucket, syn
     assert records.replayed() == 0
 
 
+@pytest.mark.slow  # ~2.5 min: its own two-node cluster; `pytest -m slow tests/integration/test_faults.py` adds its row
 def test_node_removed_mid_run_finishes_on_the_remaining_node(reference, synthetic_shards, tokenizer_dir, tmp_path,
                                                              fault_table):
     """A head and a second node with one Train worker each (elastic 1-2 workers); the second node is

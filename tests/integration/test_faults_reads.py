@@ -1,7 +1,7 @@
 """Faults v2: storage failing while shards are READ. The session's synthetic shards (both layouts) are
-copied to a real S3 API (moto_server on 127.0.0.1) and read through the fault proxy, which fails every
-other GET of a shard object in turn with 503 SlowDown, a connection reset half-way through the body, or
-a stall past the client's read timeout. Reads resume at the failed chunk's offset (data/object_reads.py).
+copied to a real S3 API (moto_server on 127.0.0.1) and read through the fault proxy, which fails one GET
+of a shard object in two (three for the training run) in turn with 503 SlowDown, a connection reset
+half-way through the body, or a stall past the client's read timeout. Reads resume at the failed chunk's offset (data/object_reads.py).
 
 - every sample of both layouts is delivered exactly once, with the same bytes as the local copy's, and
   each injected fault is one counted retry;
@@ -33,11 +33,11 @@ CHUNK_MB = 0.25  # several ranged GETs per shard, so that resets land mid-object
 URL_COLUMNS = ("__url__", "path")  # the shard's path: s3:// here, a local path there
 
 
-class EveryOtherGet:
-    """A FaultProxy rule: every other GET of a shard object fails, with 503, reset, stall in turn."""
+class EveryNthGet:
+    """A FaultProxy rule: one GET of a shard object in `n` fails, with 503, reset, stall in turn."""
 
-    def __init__(self, pattern: str = r"\.(tar|parquet)$"):
-        self.regex, self.faults = re.compile(pattern), itertools.cycle(("503", "reset", "stall"))
+    def __init__(self, n: int, pattern: str = r"\.(tar|parquet)$"):
+        self.n, self.regex, self.faults = n, re.compile(pattern), itertools.cycle(("503", "reset", "stall"))
         self.gets, self.lock = 0, threading.Lock()
 
     def __call__(self, method: str, path: str) -> bool | str:
@@ -45,7 +45,7 @@ class EveryOtherGet:
             return False
         with self.lock:
             self.gets += 1
-            return next(self.faults) if self.gets % 2 else False
+            return next(self.faults) if self.gets % self.n == 1 else False
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_every_sample_is_delivered_once_through_failing_gets(ray_session, s3_ser
     expected = _rows(local_files, fmt, None)
     files, _ = resolve_shards(s3_copies[fmt])
     counter = counters.new_counter()
-    with FaultProxy(s3_server, fail=EveryOtherGet(), stall_s=STALL_S) as proxy:
+    with FaultProxy(s3_server, fail=EveryNthGet(2), stall_s=STALL_S) as proxy:
         cfg = S3Config(endpoint_url=proxy.url, read_timeout=READ_TIMEOUT_S, read_chunk_mb=CHUNK_MB)
         filesystem = arrow_filesystem(files, cfg, on_retry=StorageRetries(counter, reason="read_retries"))
         got = _rows(files, fmt, filesystem, counter)
@@ -95,7 +95,7 @@ def test_every_sample_is_delivered_once_through_failing_gets(ray_session, s3_ser
 
 def test_pretraining_from_s3_through_failing_gets(reference, s3_server, s3_copies, tokenizer_dir, tmp_path,
                                                   monkeypatch, fault_table):
-    with FaultProxy(s3_server, fail=EveryOtherGet(), stall_s=STALL_S) as proxy:
+    with FaultProxy(s3_server, fail=EveryNthGet(3), stall_s=STALL_S) as proxy:
         cfg = overrides({"webdataset": s3_copies["webdataset"]}, tokenizer_dir, tmp_path, "read-errors",
                         f"data.s3.endpoint_url={proxy.url}", f"data.s3.read_timeout={READ_TIMEOUT_S}",
                         f"data.s3.read_chunk_mb={CHUNK_MB}")

@@ -1,6 +1,7 @@
 """`raylpclip study` end to end on the procedural world with a reduced design: the world's splits, the
 cells, the report with every claim's interval and verdict, and a re-run that skips every finished cell.
-The default run covers pretraining and headroom (minutes); `pytest -m slow` runs every part."""
+The default run covers the pretraining part (4 cells, ~2 minutes); `pytest -m slow` runs every part
+(headroom, probes, fine-tuning, evaluation)."""
 
 from __future__ import annotations
 
@@ -52,14 +53,14 @@ def _design(tmp_path: Path, name: str, sizes: str, parts: str) -> Path:
 
 
 def test_a_reduced_study_reports_and_a_rerun_skips_what_finished(tmp_path, capsys):
-    design = _design(tmp_path, "reduced", "[1.0]", "[pretrain, headroom]")
+    design = _design(tmp_path, "reduced", "[1.0]", "[pretrain]")
     summary, _ = _run(design, capsys)
     study = tmp_path / "reduced"
-    assert (summary["cells"], summary["cells_run"], summary["cells_skipped"]) == (8, 8, 0)
+    assert (summary["cells"], summary["cells_run"], summary["cells_skipped"]) == (4, 4, 0)
     ood = [r for f in resolve_shards(str(study / "data" / "test-ood"))[0] for r in iter_records([f], fmt="webdataset")]
     assert {r["meta"]["style"] for r in ood} == {"noisy"}  # the held-out style only
     report = (study / "report.md").read_text()
-    for section in ("## Claims", "## Headroom", "## Pretraining (claim 1)", "design is the one the first results"):
+    for section in ("## Claims", "## Pretraining (claim 1)", "design is the one the first results"):
         assert section in report
     claims = {c["id"]: c for c in summary["claims"]}
     first = claims[1]["parts"][0]
@@ -69,7 +70,7 @@ def test_a_reduced_study_reports_and_a_rerun_skips_what_finished(tmp_path, capsy
     assert sum(",pretrain," in r or r.startswith("pretrain,") for r in rows) >= 4 * 5
     started = time.monotonic()
     again, out = _run(design, capsys)
-    assert (again["cells_run"], again["cells_skipped"]) == (0, 8) and "8 finished before" in out
+    assert (again["cells_run"], again["cells_skipped"]) == (0, 4) and "4 finished before" in out
     assert time.monotonic() - started < 60  # nothing trained again
 
 
