@@ -183,6 +183,7 @@ def _kill_one_worker_after_checkpoint(run_dir, at_least: int, *, timeout: float 
     return thread
 
 
+@pytest.mark.slow  # ~1 min; the pretraining worker-kill drill runs by default (test_faults.py)
 def test_killed_worker_is_replaced_and_finetuning_resumes(ray_session, synthetic_shards, tiny_clip_dir, tmp_path):
     overrides = [o for o in _overrides(synthetic_shards, tiny_clip_dir, tmp_path) if not o.startswith("data.eval=")]
     overrides += ["name=ft-kill", f"train.steps={KILL_STEPS}", f"train.checkpoint_every={KILL_EVERY}",

@@ -1,7 +1,7 @@
 """An open_clip checkpoint through the normal commands on the shared local Ray instance: `raylpclip convert
 open-clip` on the golden GELU fixture (../shared/data/openclip, written by open_clip 3.3.0), then pretraining
 from the checkpoint file itself (converted in memory on every worker), and probing and fine-tuning the
-converted directory, a few steps each."""
+converted directory (those two with `pytest -m slow`), a few steps each."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ def test_pretraining_from_the_checkpoint_file(ray_session, synthetic_shards, con
     assert any(k.startswith("vision_model.") for k in moved) and any(k.startswith("text_model.") for k in moved)
 
 
+@pytest.mark.slow  # ~1 min; by default the converted model pretrains (above) and is checked by unit tests
 def test_probing_the_converted_directory(ray_session, synthetic_shards, converted, tmp_path):
     _, out = converted
     cfg = load_config(ProbeConfig, None, [
@@ -84,6 +85,7 @@ def test_probing_the_converted_directory(ray_session, synthetic_shards, converte
     assert all(0.0 <= row["clean_acc1"] <= 1.0 for row in summary["eval"]["table"].values())
 
 
+@pytest.mark.slow  # ~1 min; by default the converted model pretrains (above) and is checked by unit tests
 def test_finetuning_the_converted_directory(ray_session, synthetic_shards, converted, tmp_path):
     _, out = converted
     assert main([

@@ -112,6 +112,7 @@ def test_lpclip_never_reads_labels(probe_setup, uninterrupted, tmp_path):
     assert not torch.equal(true["supervised"].weight, bad["supervised"].weight)
 
 
+@pytest.mark.slow  # ~1 min; the pretraining worker-kill drill runs by default (test_faults.py)
 def test_killed_probe_worker_restarts_and_trains_identical_heads(probe_setup, uninterrupted, tmp_path):
     """The probe training keeps no mid-run checkpoint: a SIGKILLed worker makes Ray Train (max_failures=1)
     start it over on the persisted features. Rows sorted by image_id and a seeded order make the retry
