@@ -44,6 +44,7 @@ def small_disk(tmp_path, reference):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.slow  # ~1.5 min: two runs; `pytest -m slow tests/integration/test_faults_disk.py` adds its row
 def test_a_full_disk_stops_with_a_clear_error_and_the_rerun_resumes(reference, synthetic_shards, tokenizer_dir,
                                                                     small_disk, tmp_path, monkeypatch, fault_table):
     mount, size, checkpoint = small_disk

@@ -33,6 +33,7 @@ def test_listing_and_stats_over_s3(bucket):
         resolve_shards("s3://shards/nothing")
 
 
+@pytest.mark.slow  # ~45 s; by default test_faults_reads.py trains from S3 (through failing GETs)
 def test_train_from_s3_mixed_with_local_parquet(ray_session, s3_server, bucket, synthetic_shards, tmp_path):
     overrides = [
         f"data.sources=[{{path: '{bucket}', weight: 3}}, {{path: '{synthetic_shards['parquet']}', weight: 1}}]",
