@@ -31,6 +31,7 @@ from raylpclip.data.parquet_blocks import parquet_blocks
 from raylpclip.data.tarstream import group_samples, readable_members
 from raylpclip.data.tokenization import TextEncoder, tokenize
 from raylpclip.data.transforms import eval_transform
+from raylpclip.engine.clock import peak_memory_mb
 from raylpclip.runtime.data.row_positions import RowPositions
 from tests.drills.fuzz_payloads import WORDS, Item
 from tests.drills.shard_fuzz import Case, corpus
@@ -180,12 +181,10 @@ def run(cases: list[Case], progress: str | None = None) -> dict:
             "peak_rss_mb": round(_peak_kb() / 1024)}
 
 
-def _peak_kb() -> int:
-    """This process's peak resident memory in kB: the address space's high-water mark (VmHWM). Not
-    getrusage's ru_maxrss: Linux carries that over an exec, so a child of a large pytest process would
-    report pytest's peak (CI saw 1,027 MB for a 333 MB run)."""
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+def _peak_kb() -> float:
+    """This process's peak resident memory in kB, as the product measures it (engine/clock.py: the address
+    space's own high-water mark; getrusage's ru_maxrss would report pytest's peak in this child)."""
+    return peak_memory_mb()["rss_mb"] * 1024
 
 
 def summary(report: dict) -> str:

@@ -57,7 +57,8 @@ def test_a_full_disk_stops_with_a_clear_error_and_the_rerun_resumes(reference, s
     run_dir = mount / "disk-full"
     assert persisted_steps(run_dir) == {EVERY}  # the first checkpoint is whole
     error = proc.stderr.strip().splitlines()[-1]  # the command's last word, after the worker's traceback
-    assert error.startswith("raylpclip pretrain: error: run disk-full stopped: no space left for its checkpoints"), error
+    assert error.startswith("raylpclip pretrain: error: run disk-full stopped: no space left for its checkpoints"), \
+        error
     assert "[Errno 28]" in error and f"(step {EVERY}) is whole and is where it resumes" in error, error
     # Uploads are asynchronous: the failed write surfaces at a later report, and the steps trained since
     # the last whole checkpoint are trained again by the re-run.
